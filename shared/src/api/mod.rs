@@ -1,0 +1,6 @@
+//! HTTP handlers, one module per API resource. Each parses its input, calls
+//! a use case and shapes the response; no business rules live here.
+
+pub mod admin;
+pub mod me;
+pub mod meta;

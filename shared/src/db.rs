@@ -1,0 +1,64 @@
+//! Postgres: the connection pool and the embedded migrations.
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// A lazily connecting pool: building it does no I/O, so Lambda cold starts
+/// pay for a connection only when the first request needs one.
+pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let mut pg: tokio_postgres::Config = database_url
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres connection string")?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(5));
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("ledgerline");
+    }
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("building the database pool")
+}
+
+/// Applies every pending migration. Serialised with an advisory lock so two
+/// processes starting at once do not race.
+pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
+        .await
+        .context("connecting to the database (is DATABASE_URL right and the server up?)")?;
+    let conn = tokio::spawn(connection);
+    client
+        .execute("SELECT pg_advisory_lock(7384105)", &[])
+        .await
+        .context("taking the migration lock")?;
+    let report = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await
+        .context("applying migrations");
+    let _ = client.execute("SELECT pg_advisory_unlock(7384105)", &[]).await;
+    drop(client);
+    let _ = conn.await;
+    Ok(report?
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
+}

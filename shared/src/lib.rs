@@ -1,0 +1,19 @@
+//! Ledgerline's library: domain, use cases, ports and adapters. The Lambda
+//! binaries in `functions/` and the `ledgerline` CLI are thin shells over it.
+
+pub mod accounts;
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod idempotency;
+pub mod lambda;
+pub mod logging;
+pub mod openapi;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;

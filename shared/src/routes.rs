@@ -1,0 +1,225 @@
+//! The one route table. The local server serves it on one port, each Lambda
+//! function serves one entry of it, and `template.yaml` and the OpenAPI
+//! document are checked against it by tests.
+
+use crate::api;
+use crate::context::AppContext;
+use crate::error::ApiResult;
+use crate::http::{ApiResponse, Call, JSON_BODY_LIMIT};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub type HandlerFuture = Pin<Box<dyn Future<Output = ApiResult<ApiResponse>> + Send>>;
+pub type Handler = fn(Arc<AppContext>, Call) -> HandlerFuture;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Put => "PUT",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    pub fn from_method(m: &http::Method) -> Option<Verb> {
+        Some(match *m {
+            http::Method::GET => Verb::Get,
+            http::Method::POST => Verb::Post,
+            http::Method::PUT => Verb::Put,
+            http::Method::DELETE => Verb::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    /// Any valid key (org, project or operator).
+    AnyKey,
+    Org,
+    Operator,
+}
+
+/// Which rate limit a route counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The general per-key API limit (`LEDGERLINE_API_RATE_LIMIT` per window).
+    Api,
+}
+
+pub struct Route {
+    /// The Lambda function (and binary) that serves this route.
+    pub function: &'static str,
+    pub verb: Verb,
+    /// API Gateway path syntax: `/admin/orgs/{id}`.
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub tag: &'static str,
+    pub access: Access,
+    pub limit: Option<Limit>,
+    /// Accepts `Idempotency-Key` (creating POSTs).
+    pub idempotent: bool,
+    pub max_body: usize,
+    pub handler: Handler,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({})", self.verb.as_str(), self.path, self.function)
+    }
+}
+
+/// The name of the catch-all function behind API Gateway's `$default` route:
+/// it answers unknown routes and wrong methods in our error contract.
+pub const FALLBACK_FUNCTION: &str = "api_fallback";
+
+macro_rules! route {
+    ($function:literal, $verb:ident $path:literal, $tag:literal, $summary:literal,
+     access: $access:ident, limit: $limit:expr, idempotent: $idem:literal, handler: $handler:path) => {
+        Route {
+            function: $function,
+            verb: Verb::$verb,
+            path: $path,
+            summary: $summary,
+            tag: $tag,
+            access: Access::$access,
+            limit: $limit,
+            idempotent: $idem,
+            max_body: JSON_BODY_LIMIT,
+            handler: |ctx, call| Box::pin($handler(ctx, call)),
+        }
+    };
+}
+
+pub static ROUTES: &[Route] = &[
+    route!("api_health", Get "/health", "meta", "Liveness and database check",
+        access: Public, limit: None, idempotent: false, handler: api::meta::health),
+    route!("api_openapi", Get "/openapi.json", "meta", "This API's OpenAPI 3.1 document",
+        access: Public, limit: None, idempotent: false, handler: api::meta::openapi),
+    route!("api_me", Get "/api/me", "identity", "Who the presented key belongs to",
+        access: AnyKey, limit: Some(Limit::Api), idempotent: false, handler: api::me::me),
+    route!("api_list_api_keys", Get "/api/api-keys", "identity", "List the organisation's API keys",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::me::list_api_keys),
+    route!("api_get_api_key", Get "/api/api-keys/{id}", "identity", "One of the organisation's API keys",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::me::get_api_key),
+    route!("api_admin_create_org", Post "/admin/orgs", "admin", "Create an organisation",
+        access: Operator, limit: Some(Limit::Api), idempotent: true, handler: api::admin::create_org),
+    route!("api_admin_get_org", Get "/admin/orgs/{id}", "admin", "An organisation with its users and key counts",
+        access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::admin::get_org),
+    route!("api_admin_create_user", Post "/admin/orgs/{id}/users", "admin", "Add a user to an organisation",
+        access: Operator, limit: Some(Limit::Api), idempotent: true, handler: api::admin::create_user),
+    route!("api_admin_create_api_key", Post "/admin/orgs/{id}/api-keys", "admin", "Issue an API key for an organisation (shown once)",
+        access: Operator, limit: Some(Limit::Api), idempotent: true, handler: api::admin::create_api_key),
+    route!("api_admin_revoke_api_key", Delete "/admin/api-keys/{id}", "admin", "Revoke an API key",
+        access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::admin::revoke_api_key),
+];
+
+pub fn routes() -> &'static [Route] {
+    ROUTES
+}
+
+/// The outcome of matching a method and path against the table.
+pub enum Match {
+    Found(&'static Route, Vec<(String, String)>),
+    MethodNotAllowed(Vec<Verb>),
+    NotFound,
+}
+
+/// Path matching with the same `{param}` syntax as API Gateway.
+pub struct Router {
+    inner: matchit::Router<Vec<&'static Route>>,
+}
+
+impl Router {
+    pub fn new(routes: &'static [Route]) -> Router {
+        let mut by_path: Vec<(&str, Vec<&'static Route>)> = Vec::new();
+        for r in routes {
+            match by_path.iter_mut().find(|(p, _)| *p == r.path) {
+                Some((_, v)) => v.push(r),
+                None => by_path.push((r.path, vec![r])),
+            }
+        }
+        let mut inner = matchit::Router::new();
+        for (path, rs) in by_path {
+            // The table is static and checked by tests; a bad pattern is a
+            // programming error caught on the first test run.
+            inner.insert(path, rs).expect("valid, non-conflicting route path");
+        }
+        Router { inner }
+    }
+
+    pub fn find(&self, method: &http::Method, path: &str) -> Match {
+        let Ok(m) = self.inner.at(path) else {
+            return Match::NotFound;
+        };
+        let verb = Verb::from_method(method);
+        match m.value.iter().find(|r| Some(r.verb) == verb) {
+            Some(r) => Match::Found(
+                *r,
+                m.params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            None => Match::MethodNotAllowed(m.value.iter().map(|r| r.verb).collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    #[test]
+    fn function_names_and_routes_are_unique() {
+        let mut names: Vec<_> = ROUTES.iter().map(|r| r.function).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ROUTES.len());
+        assert!(!names.contains(&FALLBACK_FUNCTION));
+        let mut keys: Vec<_> = ROUTES.iter().map(|r| (r.verb.as_str(), r.path)).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), ROUTES.len());
+    }
+
+    #[test]
+    fn only_creating_posts_are_idempotent() {
+        for r in ROUTES {
+            if r.idempotent {
+                assert_eq!(r.verb, Verb::Post, "{r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn matching() {
+        let router = Router::new(ROUTES);
+        match router.find(&Method::GET, "/admin/orgs/abc") {
+            Match::Found(r, params) => {
+                assert_eq!(r.function, "api_admin_get_org");
+                assert_eq!(params, vec![("id".to_string(), "abc".to_string())]);
+            }
+            _ => panic!("should match"),
+        }
+        match router.find(&Method::PATCH, "/admin/orgs") {
+            Match::MethodNotAllowed(v) => assert_eq!(v, vec![Verb::Post]),
+            _ => panic!("should be 405"),
+        }
+        assert!(matches!(router.find(&Method::GET, "/nope"), Match::NotFound));
+        assert!(matches!(router.find(&Method::GET, "/health/"), Match::NotFound));
+    }
+}

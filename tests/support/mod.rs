@@ -1,0 +1,307 @@
+//! Shared test support: a fresh, migrated Postgres database per test and the
+//! real local server on a random port. Run through `scripts/test.sh`, which
+//! starts Postgres and moto's server and sets the environment.
+
+use ledgerline::clock::{Clock, ManualClock};
+use ledgerline::config::Config;
+use ledgerline::context::AppContext;
+use ledgerline::http::pipeline::{Pipeline, Serve};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The admin connection string of the test cluster.
+pub fn admin_url() -> String {
+    std::env::var("LEDGERLINE_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "LEDGERLINE_TEST_DATABASE_URL is not set: run the tests with `scripts/test.sh`, \
+             which starts a private Postgres and sets it"
+        )
+    })
+}
+
+/// The S3/SQS emulator endpoint (moto's server).
+pub fn aws_endpoint() -> String {
+    std::env::var("LEDGERLINE_TEST_AWS_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "LEDGERLINE_TEST_AWS_ENDPOINT is not set: run the tests with `scripts/test.sh`, \
+             which starts moto's server and sets it"
+        )
+    })
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: deadpool_postgres::Pool,
+}
+
+/// Replaces the database name in a `postgres://…/db?…` URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{db}?{q}"),
+        None => format!("{host_part}/{db}"),
+    }
+}
+
+/// A new database with every migration applied, private to one test.
+pub async fn test_db() -> TestDb {
+    let admin = admin_url();
+    let name = format!("ll_test_{}", uuid::Uuid::new_v4().simple());
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    drop(client);
+    let _ = conn.await;
+    let url = with_database(&admin, &name);
+    ledgerline::db::migrate(&url).await.expect("migrations apply");
+    let pool = ledgerline::db::pool(&url, 8).expect("pool");
+    TestDb { name, url, pool }
+}
+
+/// Configuration for a test server; tweak fields before starting.
+pub fn test_config(database_url: &str) -> Config {
+    let dir = std::env::temp_dir().join(format!("ledgerline-test-{}", uuid::Uuid::new_v4().simple()));
+    let url = database_url.to_string();
+    let dir = dir.to_string_lossy().to_string();
+    Config::from_lookup(move |k| match k {
+        "DATABASE_URL" => Some(url.clone()),
+        "LEDGERLINE_DATA_DIR" => Some(dir.clone()),
+        _ => None,
+    })
+    .expect("valid test config")
+}
+
+/// Keys and ids made by [`TestServer::start`]: one organisation with an org
+/// key, plus an operator key.
+pub struct Seed {
+    pub org_id: String,
+    pub org_key: String,
+    pub org_key_id: String,
+    pub operator_key: String,
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub db: TestDb,
+    pub ctx: Arc<AppContext>,
+    pub clock: Arc<ManualClock>,
+    pub seed: Seed,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the real local server (same pipeline as Lambda) on a random
+    /// port, with a manual clock so time-based rules are deterministic.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let db = test_db().await;
+        let mut config = test_config(&db.url);
+        tweak(&mut config);
+        // Mid-way through an hour, so hour-aligned windows never straddle.
+        let clock = Arc::new(ManualClock::new(
+            chrono::DateTime::parse_from_rfc3339("2026-11-23T10:30:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        ));
+        let ctx = AppContext::with_clock(config, clock.clone() as Arc<dyn Clock>).unwrap();
+        let pipeline = Arc::new(Pipeline::new(ctx.clone(), Serve::All));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(ledgerline::server::serve(listener, pipeline, async {
+            let _ = rx.await;
+        }));
+        let seed = seed(&ctx).await;
+        TestServer {
+            base,
+            db,
+            ctx,
+            clock,
+            seed,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+        let r = self.http.get(self.url(path));
+        match key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    pub fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    /// Creates another organisation with its own org key through the
+    /// operator API; returns (org id, org key, key id).
+    pub async fn new_org(&self, name: &str) -> (String, String, String) {
+        let org: Value = self
+            .post("/admin/orgs", &self.seed.operator_key, &json!({"name": name}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let org_id = org["id"].as_str().unwrap().to_string();
+        let key: Value = self
+            .post(
+                &format!("/admin/orgs/{org_id}/api-keys"),
+                &self.seed.operator_key,
+                &json!({"name": "test key"}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            org_id,
+            key["key"].as_str().unwrap().to_string(),
+            key["id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let c = self.db.pool.get().await.unwrap();
+        c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn seed(ctx: &AppContext) -> Seed {
+    use ledgerline::accounts::{self, Actor, NewApiKey, NewOrg};
+    let client = ctx.pool.get().await.unwrap();
+    let actor = Actor {
+        key_id: None,
+        request_id: "test-seed".into(),
+    };
+    let org = accounts::create_org(
+        &**client,
+        &NewOrg {
+            name: "Seed Org".into(),
+            plan_tier: None,
+        },
+        &actor,
+    )
+    .await
+    .unwrap();
+    let key = accounts::create_org_key(
+        &**client,
+        org.id,
+        &NewApiKey {
+            name: "seed key".into(),
+            scope: None,
+            user_id: None,
+            project_id: None,
+        },
+        &actor,
+    )
+    .await
+    .unwrap();
+    let op = accounts::create_operator_key(&**client, "seed operator", &actor)
+        .await
+        .unwrap();
+    Seed {
+        org_id: org.id.to_string(),
+        org_key: key.key,
+        org_key_id: key.info.id.to_string(),
+        operator_key: op.key,
+    }
+}
+
+/// Asserts the full error contract and returns the body.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status for {code}");
+    let header_rid = resp
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id on every response")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let body: Value = resp.json().await.expect("error body is JSON");
+    assert_contract(&body, code);
+    assert_eq!(body["request_id"], header_rid.as_str());
+    body
+}
+
+pub fn assert_contract(body: &Value, code: &str) {
+    assert_eq!(body["error_code"], code, "{body}");
+    for f in ["message", "error_hint", "error_id", "request_id"] {
+        assert!(
+            body[f].as_str().is_some_and(|s| !s.is_empty()),
+            "field {f} in {body}"
+        );
+    }
+    assert!(body["retryable"].is_boolean(), "{body}");
+    let strategy = body["retry_strategy"].as_str().unwrap();
+    assert!(
+        ["none", "immediate", "exponential_backoff", "after_retry_after"].contains(&strategy),
+        "{body}"
+    );
+    assert_eq!(body["retryable"].as_bool().unwrap(), strategy != "none");
+    assert!(body["error_id"].as_str().unwrap().starts_with("err_"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u@h:5/postgres", "x"),
+            "postgres://u@h:5/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5/postgres?sslmode=disable", "x"),
+            "postgres://u@h:5/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
+    }
+}
