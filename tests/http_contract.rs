@@ -48,7 +48,14 @@ async fn request_id_is_echoed_or_generated() {
 #[tokio::test]
 async fn health_reports_the_database() {
     let s = TestServer::start().await;
-    let body: Value = s.get("/health", None).send().await.unwrap().json().await.unwrap();
+    let body: Value = s
+        .get("/health", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["database"], "ok");
 }
@@ -61,30 +68,99 @@ async fn every_error_path_speaks_the_contract() {
     let mut ids = HashSet::new();
 
     let mut check = |body: Value| {
-        assert!(ids.insert(body["error_id"].as_str().unwrap().to_string()), "error ids are unique");
+        assert!(
+            ids.insert(body["error_id"].as_str().unwrap().to_string()),
+            "error ids are unique"
+        );
     };
 
-    check(assert_error(s.get("/nope", None).send().await.unwrap(), 404, "route_not_found").await);
+    check(
+        assert_error(
+            s.get("/nope", None).send().await.unwrap(),
+            404,
+            "route_not_found",
+        )
+        .await,
+    );
     let r = s.http.patch(s.url("/admin/orgs")).send().await.unwrap();
     assert_eq!(r.headers()["allow"], "POST");
     check(assert_error(r, 405, "method_not_allowed").await);
-    check(assert_error(s.http.delete(s.url("/health")).send().await.unwrap(), 405, "method_not_allowed").await);
-    check(assert_error(s.get("/api/me", None).send().await.unwrap(), 401, "unauthorized").await);
-    check(assert_error(s.get("/api/me", Some("ll_org_nonsense")).send().await.unwrap(), 401, "unauthorized").await);
     check(
         assert_error(
-            s.http.get(s.url("/api/me")).header("authorization", "Basic Zm9vOmJhcg==").send().await.unwrap(),
+            s.http.delete(s.url("/health")).send().await.unwrap(),
+            405,
+            "method_not_allowed",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.get("/api/me", None).send().await.unwrap(),
             401,
             "unauthorized",
         )
         .await,
     );
-    check(assert_error(s.post("/admin/orgs", &org, &json!({"name": "x"})).send().await.unwrap(), 403, "forbidden_scope").await);
-    check(assert_error(s.get("/api/api-keys", Some(&op)).send().await.unwrap(), 403, "forbidden_scope").await);
-    check(assert_error(s.get("/admin/orgs/not-a-uuid", Some(&op)).send().await.unwrap(), 400, "invalid_id").await);
     check(
         assert_error(
-            s.get(&format!("/admin/orgs/{}", uuid::Uuid::new_v4()), Some(&op)).send().await.unwrap(),
+            s.get("/api/me", Some("ll_org_nonsense"))
+                .send()
+                .await
+                .unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.http
+                .get(s.url("/api/me"))
+                .header("authorization", "Basic Zm9vOmJhcg==")
+                .send()
+                .await
+                .unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.post("/admin/orgs", &org, &json!({"name": "x"}))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "forbidden_scope",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.get("/api/api-keys", Some(&op)).send().await.unwrap(),
+            403,
+            "forbidden_scope",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.get("/admin/orgs/not-a-uuid", Some(&op))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "invalid_id",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.get(&format!("/admin/orgs/{}", uuid::Uuid::new_v4()), Some(&op))
+                .send()
+                .await
+                .unwrap(),
             404,
             "not_found",
         )
@@ -100,19 +176,49 @@ async fn every_error_path_speaks_the_contract() {
         .await
         .unwrap();
     check(assert_error(malformed, 400, "invalid_json").await);
-    check(assert_error(s.post("/admin/orgs", &op, &json!({"name": 42})).send().await.unwrap(), 422, "validation_failed").await);
     check(
         assert_error(
-            s.post("/admin/orgs", &op, &json!({"name": "a", "surprise": true})).send().await.unwrap(),
+            s.post("/admin/orgs", &op, &json!({"name": 42}))
+                .send()
+                .await
+                .unwrap(),
             422,
             "validation_failed",
         )
         .await,
     );
-    check(assert_error(s.post("/admin/orgs", &op, &json!({"name": ""})).send().await.unwrap(), 422, "validation_failed").await);
     check(
         assert_error(
-            s.post("/admin/orgs", &op, &json!({"name": "a", "plan_tier": "platinum"})).send().await.unwrap(),
+            s.post("/admin/orgs", &op, &json!({"name": "a", "surprise": true}))
+                .send()
+                .await
+                .unwrap(),
+            422,
+            "validation_failed",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.post("/admin/orgs", &op, &json!({"name": ""}))
+                .send()
+                .await
+                .unwrap(),
+            422,
+            "validation_failed",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.post(
+                "/admin/orgs",
+                &op,
+                &json!({"name": "a", "plan_tier": "platinum"}),
+            )
+            .send()
+            .await
+            .unwrap(),
             422,
             "validation_failed",
         )
@@ -129,10 +235,34 @@ async fn every_error_path_speaks_the_contract() {
         .unwrap();
     check(assert_error(wrong_type, 415, "unsupported_media_type").await);
     let users = format!("/admin/orgs/{}/users", s.seed.org_id);
-    let created = s.post(&users, &op, &json!({"email": "a@example.com"})).send().await.unwrap();
+    let created = s
+        .post(&users, &op, &json!({"email": "a@example.com"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201);
-    check(assert_error(s.post(&users, &op, &json!({"email": "A@example.com"})).send().await.unwrap(), 409, "user_exists").await);
-    check(assert_error(s.post(&users, &op, &json!({"email": "nope"})).send().await.unwrap(), 422, "validation_failed").await);
+    check(
+        assert_error(
+            s.post(&users, &op, &json!({"email": "A@example.com"}))
+                .send()
+                .await
+                .unwrap(),
+            409,
+            "user_exists",
+        )
+        .await,
+    );
+    check(
+        assert_error(
+            s.post(&users, &op, &json!({"email": "nope"}))
+                .send()
+                .await
+                .unwrap(),
+            422,
+            "validation_failed",
+        )
+        .await,
+    );
     // The only org created was the seed: none of the rejected writes stored anything.
     assert_eq!(s.count("organizations").await, 1);
 }
@@ -141,7 +271,11 @@ async fn every_error_path_speaks_the_contract() {
 async fn oversize_bodies_are_refused_and_store_nothing() {
     let s = TestServer::start().await;
     let big = json!({"name": "x".repeat(101 * 1024)});
-    let r = s.post("/admin/orgs", &s.seed.operator_key, &big).send().await.unwrap();
+    let r = s
+        .post("/admin/orgs", &s.seed.operator_key, &big)
+        .send()
+        .await
+        .unwrap();
     let body = assert_error(r, 413, "payload_too_large").await;
     assert!(body["message"].as_str().unwrap().contains("102400"));
 
@@ -185,7 +319,11 @@ async fn oversize_bodies_are_refused_and_store_nothing() {
 async fn keys_missing_invalid_revoked_and_wrong_scope() {
     let s = TestServer::start().await;
     let op = s.seed.operator_key.clone();
-    let r = s.get("/api/me", Some(&s.seed.org_key)).send().await.unwrap();
+    let r = s
+        .get("/api/me", Some(&s.seed.org_key))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let me: Value = r.json().await.unwrap();
     assert_eq!(me["scope"], "org");
@@ -195,7 +333,12 @@ async fn keys_missing_invalid_revoked_and_wrong_scope() {
     let mut tampered = s.seed.org_key.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == '0' { '1' } else { '0' });
-    assert_error(s.get("/api/me", Some(&tampered)).send().await.unwrap(), 401, "unauthorized").await;
+    assert_error(
+        s.get("/api/me", Some(&tampered)).send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
 
     // Revoke, then the key stops working everywhere.
     let r = s
@@ -209,7 +352,15 @@ async fn keys_missing_invalid_revoked_and_wrong_scope() {
     let revoked: Value = r.json().await.unwrap();
     assert!(revoked["revoked_at"].is_string());
     assert!(revoked.get("key").is_none() && revoked.get("secret_hash").is_none());
-    assert_error(s.get("/api/me", Some(&s.seed.org_key)).send().await.unwrap(), 401, "unauthorized").await;
+    assert_error(
+        s.get("/api/me", Some(&s.seed.org_key))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
     // Revoking twice keeps the first revocation time.
     let again: Value = s
         .http
@@ -225,8 +376,22 @@ async fn keys_missing_invalid_revoked_and_wrong_scope() {
 
     // Operator key on an org-only route, org key on an operator route.
     let (_, org_key, _) = s.new_org("Other").await;
-    assert_error(s.get(&format!("/admin/orgs/{}", s.seed.org_id), Some(&org_key)).send().await.unwrap(), 403, "forbidden_scope").await;
-    let r = s.http.delete(s.url(&format!("/admin/api-keys/{}", s.seed.org_key_id))).bearer_auth(&org_key).send().await.unwrap();
+    assert_error(
+        s.get(&format!("/admin/orgs/{}", s.seed.org_id), Some(&org_key))
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden_scope",
+    )
+    .await;
+    let r = s
+        .http
+        .delete(s.url(&format!("/admin/api-keys/{}", s.seed.org_key_id)))
+        .bearer_auth(&org_key)
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 403, "forbidden_scope").await;
 }
 
@@ -248,7 +413,14 @@ async fn keys_are_stored_hashed_and_shown_once() {
     assert_eq!(stored.len(), 32);
     assert!(!whole_row.contains(secret), "the secret is not stored");
     // Reading the key back never shows the secret.
-    let shown: Value = s.get(&format!("/api/api-keys/{key_id}"), Some(&key)).send().await.unwrap().json().await.unwrap();
+    let shown: Value = s
+        .get(&format!("/api/api-keys/{key_id}"), Some(&key))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(shown["org_id"], org_id.as_str());
     assert!(!shown.to_string().contains(secret));
 }
@@ -260,9 +432,23 @@ async fn another_organisations_ids_are_not_found() {
     let a_key = s.seed.org_key.clone();
 
     // A's key cannot see B's key: the same 404 as an id that never existed.
-    let theirs = assert_error(s.get(&format!("/api/api-keys/{b_key_id}"), Some(&a_key)).send().await.unwrap(), 404, "not_found").await;
+    let theirs = assert_error(
+        s.get(&format!("/api/api-keys/{b_key_id}"), Some(&a_key))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
     let nobody = assert_error(
-        s.get(&format!("/api/api-keys/{}", uuid::Uuid::new_v4()), Some(&a_key)).send().await.unwrap(),
+        s.get(
+            &format!("/api/api-keys/{}", uuid::Uuid::new_v4()),
+            Some(&a_key),
+        )
+        .send()
+        .await
+        .unwrap(),
         404,
         "not_found",
     )
@@ -271,15 +457,37 @@ async fn another_organisations_ids_are_not_found() {
     assert_eq!(theirs["error_hint"], nobody["error_hint"]);
 
     // Each lists only its own keys, and B's cursor does not page into A.
-    let a_list: Value = s.get("/api/api-keys", Some(&a_key)).send().await.unwrap().json().await.unwrap();
-    let b_list: Value = s.get("/api/api-keys", Some(&b_key)).send().await.unwrap().json().await.unwrap();
+    let a_list: Value = s
+        .get("/api/api-keys", Some(&a_key))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b_list: Value = s
+        .get("/api/api-keys", Some(&b_key))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let ids = |v: &Value| -> Vec<String> {
-        v["data"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_string()).collect()
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(ids(&a_list), vec![s.seed.org_key_id.clone()]);
     assert_eq!(ids(&b_list), vec![b_key_id.clone()]);
     let crossed: Value = s
-        .get(&format!("/api/api-keys?after={}", s.seed.org_key_id), Some(&b_key))
+        .get(
+            &format!("/api/api-keys?after={}", s.seed.org_key_id),
+            Some(&b_key),
+        )
         .send()
         .await
         .unwrap()
@@ -295,7 +503,11 @@ async fn cursor_pagination_walks_every_key_once() {
     let op = s.seed.operator_key.clone();
     for i in 0..6 {
         let r = s
-            .post(&format!("/admin/orgs/{}/api-keys", s.seed.org_id), &op, &json!({"name": format!("k{i}")}))
+            .post(
+                &format!("/admin/orgs/{}/api-keys", s.seed.org_id),
+                &op,
+                &json!({"name": format!("k{i}")}),
+            )
             .send()
             .await
             .unwrap();
@@ -308,7 +520,14 @@ async fn cursor_pagination_walks_every_key_once() {
             Some(a) => format!("/api/api-keys?limit=3&after={a}"),
             None => "/api/api-keys?limit=3".to_string(),
         };
-        let page: Value = s.get(&path, Some(&s.seed.org_key)).send().await.unwrap().json().await.unwrap();
+        let page: Value = s
+            .get(&path, Some(&s.seed.org_key))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         for k in page["data"].as_array().unwrap() {
             seen.push(k["id"].as_str().unwrap().to_string());
         }
@@ -319,8 +538,24 @@ async fn cursor_pagination_walks_every_key_once() {
     }
     assert_eq!(seen.len(), 7);
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7);
-    assert_error(s.get("/api/api-keys?limit=0", Some(&s.seed.org_key)).send().await.unwrap(), 400, "invalid_limit").await;
-    assert_error(s.get("/api/api-keys?after=zzz", Some(&s.seed.org_key)).send().await.unwrap(), 400, "invalid_cursor").await;
+    assert_error(
+        s.get("/api/api-keys?limit=0", Some(&s.seed.org_key))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_limit",
+    )
+    .await;
+    assert_error(
+        s.get("/api/api-keys?after=zzz", Some(&s.seed.org_key))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_cursor",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -334,14 +569,21 @@ async fn a_limit_of_n_admits_exactly_n_of_n_plus_20_concurrent_requests() {
     let futures = (0..N + 20).map(|_| s.get("/api/me", Some(&s.seed.org_key)).send());
     let responses = futures_util::future::join_all(futures).await;
     // The test clock is pinned at 10:30:00, so the hour window ends at 11:00.
-    let reset = chrono::DateTime::parse_from_rfc3339("2026-11-23T11:00:00Z").unwrap().timestamp().to_string();
+    let reset = chrono::DateTime::parse_from_rfc3339("2026-11-23T11:00:00Z")
+        .unwrap()
+        .timestamp()
+        .to_string();
     let mut remaining = Vec::new();
     let mut limited = 0;
     for r in responses {
         let r = r.unwrap();
         assert_eq!(r.headers()["x-ratelimit-limit"], N.to_string().as_str());
         assert_eq!(r.headers()["x-ratelimit-reset"], reset.as_str());
-        let rem: u32 = r.headers()["x-ratelimit-remaining"].to_str().unwrap().parse().unwrap();
+        let rem: u32 = r.headers()["x-ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         match r.status().as_u16() {
             200 => {
                 assert!(r.headers().get("retry-after").is_none());
@@ -360,16 +602,34 @@ async fn a_limit_of_n_admits_exactly_n_of_n_plus_20_concurrent_requests() {
         }
     }
     remaining.sort();
-    assert_eq!(remaining, (0..N).collect::<Vec<_>>(), "each admitted request saw its own count");
+    assert_eq!(
+        remaining,
+        (0..N).collect::<Vec<_>>(),
+        "each admitted request saw its own count"
+    );
     assert_eq!(limited, 20);
 
     // Another key has its own budget; the next window starts afresh.
     let (_, other_key, _) = s.new_org("Other").await;
-    assert_eq!(s.get("/api/me", Some(&other_key)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        s.get("/api/me", Some(&other_key))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     s.clock.advance(chrono::Duration::minutes(30));
-    let r = s.get("/api/me", Some(&s.seed.org_key)).send().await.unwrap();
+    let r = s
+        .get("/api/me", Some(&s.seed.org_key))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-ratelimit-remaining"], (N - 1).to_string().as_str());
+    assert_eq!(
+        r.headers()["x-ratelimit-remaining"],
+        (N - 1).to_string().as_str()
+    );
 }
 
 #[tokio::test]
@@ -377,14 +637,20 @@ async fn idempotent_retries_return_the_first_response() {
     let s = TestServer::start().await;
     let op = s.seed.operator_key.clone();
     let send = |body: Value, key: &'static str| {
-        s.post("/admin/orgs", &op, &body).header("idempotency-key", key).send()
+        s.post("/admin/orgs", &op, &body)
+            .header("idempotency-key", key)
+            .send()
     };
-    let first = send(json!({"name": "Acme"}), "create-acme-1").await.unwrap();
+    let first = send(json!({"name": "Acme"}), "create-acme-1")
+        .await
+        .unwrap();
     assert_eq!(first.status(), 201);
     let location = first.headers()["location"].to_str().unwrap().to_string();
     let first_body: Value = first.json().await.unwrap();
 
-    let retry = send(json!({"name": "Acme"}), "create-acme-1").await.unwrap();
+    let retry = send(json!({"name": "Acme"}), "create-acme-1")
+        .await
+        .unwrap();
     assert_eq!(retry.status(), 201);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     assert_eq!(retry.headers()["location"], location.as_str());
@@ -392,7 +658,9 @@ async fn idempotent_retries_return_the_first_response() {
     assert_eq!(retry_body, first_body);
     assert_eq!(s.count("organizations").await, 2);
 
-    let changed = send(json!({"name": "Acme 2"}), "create-acme-1").await.unwrap();
+    let changed = send(json!({"name": "Acme 2"}), "create-acme-1")
+        .await
+        .unwrap();
     assert_error(changed, 422, "idempotency_key_reused").await;
     assert_eq!(s.count("organizations").await, 2);
 
@@ -417,10 +685,22 @@ async fn idempotent_retries_return_the_first_response() {
     assert_eq!(s.count("organizations").await, 3);
 
     // Without the header every POST creates.
-    assert_eq!(s.post("/admin/orgs", &op, &json!({"name": "Acme"})).send().await.unwrap().status(), 201);
+    assert_eq!(
+        s.post("/admin/orgs", &op, &json!({"name": "Acme"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     assert_eq!(s.count("organizations").await, 4);
     // Keys are scoped to their owner: another caller's same key is independent.
-    let bad_key = s.post("/admin/orgs", &op, &json!({"name": "x"})).header("idempotency-key", "has space").send().await.unwrap();
+    let bad_key = s
+        .post("/admin/orgs", &op, &json!({"name": "x"}))
+        .header("idempotency-key", "has space")
+        .send()
+        .await
+        .unwrap();
     assert_error(bad_key, 400, "invalid_idempotency_key").await;
 }
 
@@ -429,12 +709,24 @@ async fn an_unexpected_failure_is_a_500_in_the_contract() {
     let s = TestServer::start().await;
     {
         let c = s.db.pool.get().await.unwrap();
-        c.batch_execute("ALTER TABLE users RENAME TO users_gone").await.unwrap();
+        c.batch_execute("ALTER TABLE users RENAME TO users_gone")
+            .await
+            .unwrap();
     }
-    let r = s.get(&format!("/admin/orgs/{}", s.seed.org_id), Some(&s.seed.operator_key)).send().await.unwrap();
+    let r = s
+        .get(
+            &format!("/admin/orgs/{}", s.seed.org_id),
+            Some(&s.seed.operator_key),
+        )
+        .send()
+        .await
+        .unwrap();
     let body = assert_error(r, 500, "internal_error").await;
     assert_eq!(body["retry_strategy"], "exponential_backoff");
-    assert!(!body["message"].as_str().unwrap().contains("users"), "no internals leak: {body}");
+    assert!(
+        !body["message"].as_str().unwrap().contains("users"),
+        "no internals leak: {body}"
+    );
 }
 
 #[tokio::test]
@@ -448,7 +740,11 @@ async fn an_unreachable_database_is_a_503_not_a_crash() {
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(ledgerline::server::serve(listener, pipeline, std::future::pending()));
+    tokio::spawn(ledgerline::server::serve(
+        listener,
+        pipeline,
+        std::future::pending(),
+    ));
     let r = reqwest::get(format!("{base}/health")).await.unwrap();
     let body = assert_error(r, 503, "service_unavailable").await;
     assert_eq!(body["retry_strategy"], "exponential_backoff");

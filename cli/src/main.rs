@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "ledgerline", version, about = "Ledgerline: evidence vault, tamper-evident ledger and message delivery")]
+#[command(
+    name = "ledgerline",
+    version,
+    about = "Ledgerline: evidence vault, tamper-evident ledger and message delivery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,11 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::from_env()?;
             ledgerline::db::migrate(&config.database_url).await?;
             let ctx = AppContext::new(config)?;
-            let mut client = ctx
-                .pool
-                .get()
-                .await
-                .context("connecting to the database")?;
+            let mut client = ctx.pool.get().await.context("connecting to the database")?;
             let actor = Actor {
                 key_id: None,
                 request_id: format!("bootstrap-{}", uuid_like()),

@@ -263,7 +263,16 @@ pub async fn create_org_key(
         }
         _ => None,
     };
-    insert_key(db, scope, Some(org_id), project, input.user_id, &input.name, actor).await
+    insert_key(
+        db,
+        scope,
+        Some(org_id),
+        project,
+        input.user_id,
+        &input.name,
+        actor,
+    )
+    .await
 }
 
 /// Issues an operator key; only `ledgerline bootstrap` does this.
@@ -312,7 +321,11 @@ async fn insert_key(
 
 /// Revokes a key. Revoking an already revoked key is not an error: the
 /// original revocation time is returned.
-pub async fn revoke_key(db: &impl GenericClient, id: Uuid, _actor: &Actor) -> ApiResult<ApiKeyInfo> {
+pub async fn revoke_key(
+    db: &impl GenericClient,
+    id: Uuid,
+    _actor: &Actor,
+) -> ApiResult<ApiKeyInfo> {
     let row = db
         .query_opt(
             &format!(
@@ -358,7 +371,10 @@ pub async fn list_org_keys(
         )
         .await?;
     let has_more = rows.len() as i64 > limit;
-    Ok((rows.iter().take(limit as usize).map(key_info).collect(), has_more))
+    Ok((
+        rows.iter().take(limit as usize).map(key_info).collect(),
+        has_more,
+    ))
 }
 
 #[derive(Debug, Serialize)]

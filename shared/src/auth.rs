@@ -88,7 +88,9 @@ pub struct NewKey {
 impl std::fmt::Debug for NewKey {
     // Never print the token, even in a debug dump.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("NewKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,7 +174,8 @@ pub async fn authenticate(
         return Err(invalid());
     }
     let scope: String = row.get(0);
-    let scope = Scope::parse(&scope).ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad scope {scope}")))?;
+    let scope = Scope::parse(&scope)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad scope {scope}")))?;
     // Keep last_used_at roughly fresh without a write on every request.
     client
         .execute(

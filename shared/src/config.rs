@@ -68,11 +68,19 @@ impl Config {
         };
         Ok(Config {
             database_url,
-            db_pool_size: parse_num(&get, "LEDGERLINE_DB_POOL_SIZE", if in_lambda { 2 } else { 16 })?,
+            db_pool_size: parse_num(
+                &get,
+                "LEDGERLINE_DB_POOL_SIZE",
+                if in_lambda { 2 } else { 16 },
+            )?,
             blob,
             api_rate_limit_per_minute: parse_num(&get, "LEDGERLINE_API_RATE_LIMIT", 600)?,
-            api_rate_limit_window_secs: parse_num(&get, "LEDGERLINE_API_RATE_LIMIT_WINDOW_SECS", 60)?
-                .max(1),
+            api_rate_limit_window_secs: parse_num(
+                &get,
+                "LEDGERLINE_API_RATE_LIMIT_WINDOW_SECS",
+                60,
+            )?
+            .max(1),
             idempotency_ttl_secs: parse_num(&get, "LEDGERLINE_IDEMPOTENCY_TTL_SECS", 86_400)?,
         })
     }
@@ -85,10 +93,11 @@ fn parse_num<T: std::str::FromStr>(
 ) -> Result<T, ConfigError> {
     match get(key) {
         None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError(format!("{key} must be a non-negative whole number, not '{v}'"))),
+        Some(v) => v.trim().parse().map_err(|_| {
+            ConfigError(format!(
+                "{key} must be a non-negative whole number, not '{v}'"
+            ))
+        }),
     }
 }
 
@@ -98,8 +107,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -112,24 +123,42 @@ mod tests {
     #[test]
     fn defaults_are_local() {
         let c = cfg(&[("DATABASE_URL", "postgres://x")]).unwrap();
-        assert_eq!(c.blob, BlobBackend::Local { dir: PathBuf::from(".local/data/blobs") });
+        assert_eq!(
+            c.blob,
+            BlobBackend::Local {
+                dir: PathBuf::from(".local/data/blobs")
+            }
+        );
         assert_eq!(c.api_rate_limit_per_minute, 600);
         assert_eq!(c.db_pool_size, 16);
     }
 
     #[test]
     fn lambda_gets_a_small_pool_and_s3_needs_a_bucket() {
-        let c = cfg(&[("DATABASE_URL", "postgres://x"), ("AWS_LAMBDA_FUNCTION_NAME", "f")]).unwrap();
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "f"),
+        ])
+        .unwrap();
         assert_eq!(c.db_pool_size, 2);
-        let e = cfg(&[("DATABASE_URL", "postgres://x"), ("LEDGERLINE_BLOB_BACKEND", "s3")]);
+        let e = cfg(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("LEDGERLINE_BLOB_BACKEND", "s3"),
+        ]);
         assert!(e.unwrap_err().0.contains("LEDGERLINE_S3_BUCKET"));
-        let e = cfg(&[("DATABASE_URL", "postgres://x"), ("LEDGERLINE_BLOB_BACKEND", "ftp")]);
+        let e = cfg(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("LEDGERLINE_BLOB_BACKEND", "ftp"),
+        ]);
         assert!(e.unwrap_err().0.contains("'ftp'"));
     }
 
     #[test]
     fn bad_numbers_are_named() {
-        let e = cfg(&[("DATABASE_URL", "postgres://x"), ("LEDGERLINE_API_RATE_LIMIT", "lots")]);
+        let e = cfg(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("LEDGERLINE_API_RATE_LIMIT", "lots"),
+        ]);
         assert!(e.unwrap_err().0.contains("LEDGERLINE_API_RATE_LIMIT"));
     }
 }

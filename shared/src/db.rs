@@ -53,7 +53,9 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
         .run_async(&mut client)
         .await
         .context("applying migrations");
-    let _ = client.execute("SELECT pg_advisory_unlock(7384105)", &[]).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock(7384105)", &[])
+        .await;
     drop(client);
     let _ = conn.await;
     Ok(report?

@@ -65,7 +65,15 @@ pub async fn begin(
                  OR (r.completed_at IS NULL AND r.fingerprint = EXCLUDED.fingerprint
                      AND r.created_at < $5 - make_interval(secs => $7))
              RETURNING 1",
-            &[&owner, &key, &route, &fingerprint, &now, &expires, &STALE_IN_PROGRESS_SECS],
+            &[
+                &owner,
+                &key,
+                &route,
+                &fingerprint,
+                &now,
+                &expires,
+                &STALE_IN_PROGRESS_SECS,
+            ],
         )
         .await?;
     if claimed.is_some() {
@@ -107,7 +115,10 @@ pub async fn begin(
             }
         }
     }
-    headers.insert("idempotent-replayed", http::HeaderValue::from_static("true"));
+    headers.insert(
+        "idempotent-replayed",
+        http::HeaderValue::from_static("true"),
+    );
     Ok(Begin::Replay(ApiResponse {
         status: StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK),
         headers,
@@ -171,7 +182,10 @@ mod tests {
     #[test]
     fn fingerprints_separate_fields() {
         assert_ne!(fingerprint("a", "bc", b""), fingerprint("ab", "c", b""));
-        assert_ne!(fingerprint("r", "/p", b"{}"), fingerprint("r", "/p", b"{} "));
+        assert_ne!(
+            fingerprint("r", "/p", b"{}"),
+            fingerprint("r", "/p", b"{} ")
+        );
         assert_eq!(fingerprint("r", "/p", b"x"), fingerprint("r", "/p", b"x"));
     }
 }

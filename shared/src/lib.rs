@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod api;
 pub mod auth;
+pub mod blob;
 pub mod clock;
 pub mod config;
 pub mod context;
@@ -12,8 +13,10 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod lambda;
+pub mod ledger;
 pub mod logging;
 pub mod openapi;
+pub mod queue;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;

@@ -36,8 +36,10 @@ fn filter_from_env() -> EnvFilter {
         "fatal" => "error",
         l => l,
     };
-    EnvFilter::try_new(format!("{level},hyper=warn,aws_config=warn,aws_smithy_runtime=warn,tokio_postgres=warn"))
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+    EnvFilter::try_new(format!(
+        "{level},hyper=warn,aws_config=warn,aws_smithy_runtime=warn,tokio_postgres=warn"
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Installs the global subscriber writing to stderr. Safe to call twice.

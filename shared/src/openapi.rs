@@ -48,8 +48,14 @@ fn operation(r: &Route) -> Value {
         crate::routes::Verb::Post => "201",
         _ => "200",
     };
-    responses.insert(ok.into(), json!({"description": "Success", "content": {"application/json": {}}}));
-    responses.insert("default".into(), json!({"$ref": "#/components/responses/Error"}));
+    responses.insert(
+        ok.into(),
+        json!({"description": "Success", "content": {"application/json": {}}}),
+    );
+    responses.insert(
+        "default".into(),
+        json!({"$ref": "#/components/responses/Error"}),
+    );
     let mut op = json!({
         "operationId": r.function,
         "summary": r.summary,

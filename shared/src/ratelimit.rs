@@ -26,7 +26,11 @@ impl Decision {
         };
         put(headers, "x-ratelimit-limit", self.limit.to_string());
         put(headers, "x-ratelimit-remaining", self.remaining.to_string());
-        put(headers, "x-ratelimit-reset", self.reset_at.timestamp().to_string());
+        put(
+            headers,
+            "x-ratelimit-reset",
+            self.reset_at.timestamp().to_string(),
+        );
         if !self.allowed {
             put(headers, "retry-after", self.retry_after.to_string());
         }
@@ -51,7 +55,9 @@ pub async fn check(
     now: DateTime<Utc>,
 ) -> Result<Decision, tokio_postgres::Error> {
     let (start, end) = window(now, window_secs);
-    let retry_after = ((end - now).num_milliseconds().max(0) as u64).div_ceil(1000).max(1);
+    let retry_after = ((end - now).num_milliseconds().max(0) as u64)
+        .div_ceil(1000)
+        .max(1);
     let denied = Decision {
         allowed: false,
         limit,
@@ -93,7 +99,10 @@ pub async fn purge_expired(
     now: DateTime<Utc>,
 ) -> Result<u64, tokio_postgres::Error> {
     client
-        .execute("DELETE FROM rate_limit_windows WHERE expires_at < $1", &[&now])
+        .execute(
+            "DELETE FROM rate_limit_windows WHERE expires_at < $1",
+            &[&now],
+        )
         .await
 }
 

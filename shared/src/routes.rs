@@ -77,7 +77,13 @@ pub struct Route {
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} ({})", self.verb.as_str(), self.path, self.function)
+        write!(
+            f,
+            "{} {} ({})",
+            self.verb.as_str(),
+            self.path,
+            self.function
+        )
     }
 }
 
@@ -155,7 +161,9 @@ impl Router {
         for (path, rs) in by_path {
             // The table is static and checked by tests; a bad pattern is a
             // programming error caught on the first test run.
-            inner.insert(path, rs).expect("valid, non-conflicting route path");
+            inner
+                .insert(path, rs)
+                .expect("valid, non-conflicting route path");
         }
         Router { inner }
     }
@@ -167,7 +175,7 @@ impl Router {
         let verb = Verb::from_method(method);
         match m.value.iter().find(|r| Some(r.verb) == verb) {
             Some(r) => Match::Found(
-                *r,
+                r,
                 m.params
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -219,7 +227,13 @@ mod tests {
             Match::MethodNotAllowed(v) => assert_eq!(v, vec![Verb::Post]),
             _ => panic!("should be 405"),
         }
-        assert!(matches!(router.find(&Method::GET, "/nope"), Match::NotFound));
-        assert!(matches!(router.find(&Method::GET, "/health/"), Match::NotFound));
+        assert!(matches!(
+            router.find(&Method::GET, "/nope"),
+            Match::NotFound
+        ));
+        assert!(matches!(
+            router.find(&Method::GET, "/health/"),
+            Match::NotFound
+        ));
     }
 }

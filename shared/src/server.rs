@@ -61,7 +61,10 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(pipeline: &Pipeline, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+async fn handle(
+    pipeline: &Pipeline,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let limit = pipeline.body_limit(&parts.method, parts.uri.path());
     let declared_too_large = parts

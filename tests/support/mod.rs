@@ -67,14 +67,17 @@ pub async fn test_db() -> TestDb {
     drop(client);
     let _ = conn.await;
     let url = with_database(&admin, &name);
-    ledgerline::db::migrate(&url).await.expect("migrations apply");
+    ledgerline::db::migrate(&url)
+        .await
+        .expect("migrations apply");
     let pool = ledgerline::db::pool(&url, 8).expect("pool");
     TestDb { name, url, pool }
 }
 
 /// Configuration for a test server; tweak fields before starting.
 pub fn test_config(database_url: &str) -> Config {
-    let dir = std::env::temp_dir().join(format!("ledgerline-test-{}", uuid::Uuid::new_v4().simple()));
+    let dir =
+        std::env::temp_dir().join(format!("ledgerline-test-{}", uuid::Uuid::new_v4().simple()));
     let url = database_url.to_string();
     let dir = dir.to_string_lossy().to_string();
     Config::from_lookup(move |k| match k {
@@ -165,7 +168,11 @@ impl TestServer {
     /// operator API; returns (org id, org key, key id).
     pub async fn new_org(&self, name: &str) -> (String, String, String) {
         let org: Value = self
-            .post("/admin/orgs", &self.seed.operator_key, &json!({"name": name}))
+            .post(
+                "/admin/orgs",
+                &self.seed.operator_key,
+                &json!({"name": name}),
+            )
             .send()
             .await
             .unwrap()
@@ -281,11 +288,47 @@ pub fn assert_contract(body: &Value, code: &str) {
     assert!(body["retryable"].is_boolean(), "{body}");
     let strategy = body["retry_strategy"].as_str().unwrap();
     assert!(
-        ["none", "immediate", "exponential_backoff", "after_retry_after"].contains(&strategy),
+        [
+            "none",
+            "immediate",
+            "exponential_backoff",
+            "after_retry_after"
+        ]
+        .contains(&strategy),
         "{body}"
     );
     assert_eq!(body["retryable"].as_bool().unwrap(), strategy != "none");
     assert!(body["error_id"].as_str().unwrap().starts_with("err_"));
+}
+
+/// The function names with a sample event, in an order where each event's
+/// precondition holds (revocation last), and the status each must produce.
+pub const EVENT_EXPECTATIONS: &[(&str, u16)] = &[
+    ("api_health", 200),
+    ("api_openapi", 200),
+    ("api_me", 200),
+    ("api_list_api_keys", 200),
+    ("api_get_api_key", 200),
+    ("api_admin_create_org", 201),
+    ("api_admin_get_org", 200),
+    ("api_admin_create_user", 201),
+    ("api_admin_create_api_key", 201),
+    ("api_admin_revoke_api_key", 200),
+    ("api_fallback", 404),
+];
+
+/// `events/<function>.json` with its placeholders replaced by real keys and
+/// ids from the seed.
+pub fn sample_event(function: &str, seed: &Seed) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(format!("{function}.json"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("PLACEHOLDER_ORG_KEY", &seed.org_key)
+        .replace("PLACEHOLDER_OPERATOR_KEY", &seed.operator_key)
+        .replace("PLACEHOLDER_ORG_ID", &seed.org_id)
+        .replace("PLACEHOLDER_KEY_ID", &seed.org_key_id)
 }
 
 #[cfg(test)]

@@ -31,13 +31,20 @@ pub async fn list_api_keys(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRes
         .as_deref()
         .map(|a| {
             Uuid::try_parse(a).map_err(|_| {
-                ApiError::bad_request("invalid_cursor", "'after' must be a cursor from a previous page")
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "'after' must be a cursor from a previous page",
+                )
             })
         })
         .transpose()?;
     let db = ctx.db().await?;
     let (keys, has_more) = accounts::list_org_keys(&**db, org, after, page.limit).await?;
-    let next = if has_more { keys.last().map(|k| k.id) } else { None };
+    let next = if has_more {
+        keys.last().map(|k| k.id)
+    } else {
+        None
+    };
     Ok(ApiResponse::ok(&json!({
         "data": keys,
         "has_more": has_more,
@@ -49,5 +56,7 @@ pub async fn get_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespo
     let org = call.principal()?.org()?;
     let id = call.param_uuid("id")?;
     let db = ctx.db().await?;
-    Ok(ApiResponse::ok(&accounts::get_org_key(&**db, org, id).await?))
+    Ok(ApiResponse::ok(
+        &accounts::get_org_key(&**db, org, id).await?,
+    ))
 }

@@ -31,9 +31,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(ctx: Arc<AppContext>, serve: Serve) -> Pipeline {
+        Self::with_routes(ctx, ROUTES, serve)
+    }
+
+    /// A pipeline over another table; for tests of the pipeline itself.
+    pub fn with_routes(ctx: Arc<AppContext>, routes: &'static [Route], serve: Serve) -> Pipeline {
         Pipeline {
             ctx,
-            router: Router::new(ROUTES),
+            router: Router::new(routes),
             serve,
         }
     }
@@ -55,7 +60,11 @@ impl Pipeline {
             .header(REQUEST_ID_HEADER)
             .filter(|v| valid_request_id(v))
             .map(str::to_owned)
-            .or_else(|| req.gateway_request_id.clone().filter(|v| valid_request_id(v)))
+            .or_else(|| {
+                req.gateway_request_id
+                    .clone()
+                    .filter(|v| valid_request_id(v))
+            })
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let span = tracing::info_span!(
             "request",
@@ -317,4 +326,66 @@ pub fn error_response(e: ApiError, request_id: &str) -> ApiResponse {
         r = r.with_header("retry-after", &secs.to_string());
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::JSON_BODY_LIMIT;
+    use crate::routes::Verb;
+
+    fn panicking_route() -> &'static [Route] {
+        Box::leak(Box::new([Route {
+            function: "test_panics",
+            verb: Verb::Get,
+            path: "/panic",
+            summary: "always panics",
+            tag: "test",
+            access: Access::Public,
+            limit: None,
+            idempotent: false,
+            max_body: JSON_BODY_LIMIT,
+            handler: |_ctx, _call| Box::pin(async { panic!("boom in a handler") }),
+        }]))
+    }
+
+    fn pipeline(routes: &'static [Route]) -> Pipeline {
+        // The pool connects lazily, so public routes need no database.
+        let config = crate::config::Config::from_lookup(|k| {
+            (k == "DATABASE_URL").then(|| "postgres://nobody@127.0.0.1:1/none".to_string())
+        })
+        .unwrap();
+        Pipeline::with_routes(AppContext::new(config).unwrap(), routes, Serve::All)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_in_the_contract() {
+        let p = pipeline(panicking_route());
+        let resp = p.handle(ApiRequest::new(http::Method::GET, "/panic")).await;
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(body["error_code"], "internal_error");
+        assert_eq!(body["retry_strategy"], "exponential_backoff");
+        assert!(body["error_id"].as_str().unwrap().starts_with("err_"));
+        assert!(
+            !body.to_string().contains("boom"),
+            "panic text stays internal"
+        );
+        assert_eq!(
+            resp.headers[REQUEST_ID_HEADER].to_str().unwrap(),
+            body["request_id"].as_str().unwrap()
+        );
+        // The pipeline (and the process) carry on.
+        let again = p.handle(ApiRequest::new(http::Method::GET, "/panic")).await;
+        assert_eq!(again.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn oversize_flag_from_the_transport_is_a_413() {
+        let p = pipeline(panicking_route());
+        let mut req = ApiRequest::new(http::Method::GET, "/panic");
+        req.body_too_large = true;
+        let resp = p.handle(req).await;
+        assert_eq!(resp.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
 }

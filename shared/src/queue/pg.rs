@@ -1,0 +1,290 @@
+//! `PgQueue`: SQS semantics on a Postgres table (`local_queue_messages`,
+//! migration V2), for `ledgerline serve` and anything else that runs
+//! without AWS.
+//!
+//! A message row is visible when `visible_at <= now()`. Receiving one moves
+//! `visible_at` forward by the visibility timeout, adds one to
+//! `receive_count` and draws a fresh `receipt_token`; the receipt handle
+//! carries that token, so once the message is delivered again an older
+//! handle matches nothing. Receivers take rows with `FOR UPDATE SKIP
+//! LOCKED`, so concurrent receivers never get the same message at once.
+//! All times come from the database clock, so every process agrees on them.
+
+use super::{check_message, check_receive, check_visibility, Queue, QueueError, ReceivedMessage};
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use std::time::Duration;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// How often an empty long poll looks again. Polling (not LISTEN) because
+/// delayed and timed-out messages become visible without any event.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Clone)]
+pub struct PgQueue {
+    pool: Pool,
+    name: String,
+    dead_letter: Option<DeadLetter>,
+}
+
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    queue_name: String,
+    max_receive_count: u32,
+}
+
+impl std::fmt::Debug for PgQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgQueue")
+            .field("name", &self.name)
+            .field("dead_letter", &self.dead_letter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A receipt handle: which message, and which delivery of it.
+fn receipt_handle(id: Uuid, token: Uuid) -> String {
+    format!("{id}:{token}")
+}
+
+fn parse_receipt_handle(handle: &str) -> Result<(Uuid, Uuid), QueueError> {
+    let (id, token) = handle
+        .split_once(':')
+        .ok_or(QueueError::InvalidReceiptHandle)?;
+    let id = Uuid::parse_str(id).map_err(|_| QueueError::InvalidReceiptHandle)?;
+    let token = Uuid::parse_str(token).map_err(|_| QueueError::InvalidReceiptHandle)?;
+    Ok((id, token))
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl PgQueue {
+    /// The queue called `queue_name` in the database behind `pool`. Queues
+    /// share the table and are told apart by name.
+    pub fn new(pool: Pool, queue_name: impl Into<String>) -> Self {
+        PgQueue {
+            pool,
+            name: queue_name.into(),
+            dead_letter: None,
+        }
+    }
+
+    /// Like an SQS redrive policy: a message received `max_receive_count`
+    /// times and still not deleted moves to the queue `dead_letter_queue`
+    /// when it next becomes visible, instead of being delivered again.
+    pub fn with_dead_letter_queue(
+        mut self,
+        dead_letter_queue: impl Into<String>,
+        max_receive_count: u32,
+    ) -> Self {
+        self.dead_letter = Some(DeadLetter {
+            queue_name: dead_letter_queue.into(),
+            max_receive_count: max_receive_count.max(1),
+        });
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, QueueError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| QueueError::backend(e, "getting a database connection for the queue"))
+    }
+
+    async fn receive_once(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let client = self.client().await?;
+        let max_receives = self
+            .dead_letter
+            .as_ref()
+            .map(|d| i32::try_from(d.max_receive_count).unwrap_or(i32::MAX));
+        if let (Some(dead_letter), Some(max_receives)) = (&self.dead_letter, max_receives) {
+            client
+                .execute(
+                    "WITH exhausted AS (
+                         SELECT id FROM local_queue_messages
+                         WHERE queue_name = $1 AND visible_at <= now() AND receive_count >= $2
+                         FOR UPDATE SKIP LOCKED
+                     )
+                     UPDATE local_queue_messages AS m
+                     SET queue_name = $3, receipt_token = NULL, visible_at = now()
+                     FROM exhausted WHERE m.id = exhausted.id",
+                    &[&self.name, &max_receives, &dead_letter.queue_name],
+                )
+                .await
+                .map_err(|e| QueueError::backend(e, "moving messages to the dead-letter queue"))?;
+        }
+        let rows = client
+            .query(
+                "WITH picked AS (
+                     SELECT id FROM local_queue_messages
+                     WHERE queue_name = $1 AND visible_at <= now()
+                       AND ($4::int IS NULL OR receive_count < $4)
+                     ORDER BY visible_at, sent_at
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE local_queue_messages AS m
+                 SET visible_at = now() + make_interval(secs => $3),
+                     receive_count = m.receive_count + 1,
+                     receipt_token = gen_random_uuid()
+                 FROM picked WHERE m.id = picked.id
+                 RETURNING m.id, m.body, m.receipt_token, m.receive_count, m.sent_at",
+                &[
+                    &self.name,
+                    &(max as i64),
+                    &seconds(visibility),
+                    &max_receives,
+                ],
+            )
+            .await
+            .map_err(|e| QueueError::backend(e, "receiving messages"))?;
+        let mut messages: Vec<(chrono::DateTime<chrono::Utc>, ReceivedMessage)> = rows
+            .iter()
+            .map(|row| {
+                let id: Uuid = row.get(0);
+                let token: Uuid = row.get(2);
+                let count: i32 = row.get(3);
+                (
+                    row.get(4),
+                    ReceivedMessage {
+                        id: id.to_string(),
+                        body: row.get(1),
+                        receipt_handle: receipt_handle(id, token),
+                        receive_count: u32::try_from(count).unwrap_or(0),
+                    },
+                )
+            })
+            .collect();
+        // RETURNING has no order; hand messages out oldest first.
+        messages.sort_by_key(|(sent_at, _)| *sent_at);
+        Ok(messages.into_iter().map(|(_, m)| m).collect())
+    }
+}
+
+#[async_trait]
+impl Queue for PgQueue {
+    async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        check_message(body, delay)?;
+        let id = Uuid::new_v4();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO local_queue_messages (id, queue_name, body, visible_at)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+                &[&id, &self.name, &body, &seconds(delay)],
+            )
+            .await
+            .map_err(|e| QueueError::backend(e, "sending a message"))?;
+        Ok(id.to_string())
+    }
+
+    async fn send_batch(&self, messages: &[(String, Duration)]) -> Result<Vec<String>, QueueError> {
+        for (body, delay) in messages {
+            check_message(body, *delay)?;
+        }
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = messages.iter().map(|_| Uuid::new_v4()).collect();
+        let bodies: Vec<&str> = messages.iter().map(|(b, _)| b.as_str()).collect();
+        let delays: Vec<f64> = messages.iter().map(|(_, d)| seconds(*d)).collect();
+        // One statement: the whole batch is sent or none of it is.
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO local_queue_messages (id, queue_name, body, visible_at)
+                 SELECT id, $2, body, now() + make_interval(secs => delay)
+                 FROM unnest($1::uuid[], $3::text[], $4::float8[]) AS batch (id, body, delay)",
+                &[&ids, &self.name, &bodies, &delays],
+            )
+            .await
+            .map_err(|e| QueueError::backend(e, "sending a batch of messages"))?;
+        Ok(ids.iter().map(Uuid::to_string).collect())
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        check_receive(max, visibility, wait)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let messages = self.receive_once(max, visibility).await?;
+            let now = Instant::now();
+            if !messages.is_empty() || now >= deadline {
+                return Ok(messages);
+            }
+            tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+        }
+    }
+
+    async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
+        let (id, token) = parse_receipt_handle(receipt_handle)?;
+        // Zero rows is fine: already deleted, or delivered again since.
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM local_queue_messages
+                 WHERE id = $1 AND receipt_token = $2 AND queue_name = $3",
+                &[&id, &token, &self.name],
+            )
+            .await
+            .map_err(|e| QueueError::backend(e, "deleting a message"))?;
+        Ok(())
+    }
+
+    async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        check_visibility(timeout)?;
+        let (id, token) = parse_receipt_handle(receipt_handle)?;
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE local_queue_messages
+                 SET visible_at = now() + make_interval(secs => $4)
+                 WHERE id = $1 AND receipt_token = $2 AND queue_name = $3",
+                &[&id, &token, &self.name, &seconds(timeout)],
+            )
+            .await
+            .map_err(|e| QueueError::backend(e, "changing a message's visibility"))?;
+        if changed == 0 {
+            return Err(QueueError::InvalidReceiptHandle);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_handles_round_trip_and_reject_garbage() {
+        let (id, token) = (Uuid::new_v4(), Uuid::new_v4());
+        let handle = receipt_handle(id, token);
+        assert_eq!(parse_receipt_handle(&handle).ok(), Some((id, token)));
+        for bad in ["", "nonsense", "x:y", &id.to_string()] {
+            assert!(matches!(
+                parse_receipt_handle(bad),
+                Err(QueueError::InvalidReceiptHandle)
+            ));
+        }
+    }
+}
