@@ -110,7 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 request_id: format!("bootstrap-{}", uuid_like()),
             };
             let tx = client.transaction().await?;
-            let org = accounts::create_org(
+            let (org, _) = accounts::create_org(
                 &*tx,
                 &NewOrg {
                     name: org_name,
@@ -120,7 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
             .map_err(api_err)?;
-            let user = accounts::create_user(
+            let (user, _) = accounts::create_user(
                 &*tx,
                 org.id,
                 &NewUser {
@@ -132,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
             .map_err(api_err)?;
-            let org_key = accounts::create_org_key(
+            let (org_key, _) = accounts::create_org_key(
                 &*tx,
                 org.id,
                 &NewApiKey {
@@ -149,6 +149,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(api_err)?;
             tx.commit().await?;
+            ledgerline::ledger::events::sequence_pending(&**client, org.id, ctx.clock.now())
+                .await
+                .map_err(api_err)?;
             if json {
                 println!(
                     "{}",

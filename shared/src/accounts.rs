@@ -3,6 +3,8 @@
 
 use crate::auth::{generate_key, Scope};
 use crate::error::{ApiError, ApiResult};
+use crate::ledger::events::{self as ledger, NewEvent, Pending};
+use serde_json::json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
@@ -16,6 +18,28 @@ pub struct Actor {
     pub key_id: Option<Uuid>,
     pub request_id: String,
 }
+
+impl Actor {
+    /// How the actor appears in ledger events.
+    pub fn label(&self) -> String {
+        match self.key_id {
+            Some(k) => format!("key:{k}"),
+            None => "system".into(),
+        }
+    }
+
+    fn event(&self, event_type: &'static str, subject: String, payload: serde_json::Value) -> NewEvent {
+        NewEvent {
+            event_type,
+            subject,
+            actor: self.label(),
+            request_id: self.request_id.clone(),
+            payload,
+        }
+    }
+}
+
+type Tx<'a> = tokio_postgres::Transaction<'a>;
 
 #[derive(Debug, Serialize)]
 pub struct Organization {
@@ -97,11 +121,8 @@ fn check_name(field: &str, v: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn create_org(
-    db: &impl GenericClient,
-    input: &NewOrg,
-    _actor: &Actor,
-) -> ApiResult<Organization> {
+/// Creates an organisation; its ledger starts with `org.created`.
+pub async fn create_org(tx: &Tx<'_>, input: &NewOrg, actor: &Actor) -> ApiResult<(Organization, Pending)> {
     check_name("name", &input.name)?;
     let tier = input.plan_tier.as_deref().unwrap_or("starter");
     if !PLAN_TIERS.contains(&tier) {
@@ -110,19 +131,79 @@ pub async fn create_org(
             PLAN_TIERS.join(", ")
         )));
     }
-    let row = db
+    let row = tx
         .query_one(
             "INSERT INTO organizations (id, name, plan_tier) VALUES ($1, $2, $3::text::plan_tier)
              RETURNING id, name, plan_tier::text, created_at",
             &[&Uuid::new_v4(), &input.name.trim(), &tier],
         )
         .await?;
-    Ok(Organization {
+    let org = Organization {
         id: row.get(0),
         name: row.get(1),
         plan_tier: row.get(2),
         created_at: row.get(3),
-    })
+    };
+    let pending = ledger::append(
+        tx,
+        org.id,
+        &actor.event(
+            "org.created",
+            format!("org:{}", org.id),
+            json!({"name": org.name, "plan_tier": org.plan_tier}),
+        ),
+    )
+    .await?;
+    Ok((org, pending))
+}
+
+/// Changes the plan tier; recorded as `org.plan_changed` with old and new.
+pub async fn set_plan(tx: &Tx<'_>, org_id: Uuid, tier: &str, actor: &Actor) -> ApiResult<(Organization, String, Option<Pending>)> {
+    if !PLAN_TIERS.contains(&tier) {
+        return Err(ApiError::validation(format!(
+            "'plan_tier' must be one of {}",
+            PLAN_TIERS.join(", ")
+        )));
+    }
+    let old: String = tx
+        .query_opt(
+            "SELECT plan_tier::text FROM organizations WHERE id = $1 FOR UPDATE",
+            &[&org_id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("organisation"))?
+        .get(0);
+    let row = tx
+        .query_one(
+            "UPDATE organizations SET plan_tier = $2::text::plan_tier, updated_at = now()
+              WHERE id = $1 RETURNING id, name, plan_tier::text, created_at",
+            &[&org_id, &tier],
+        )
+        .await?;
+    let org = Organization {
+        id: row.get(0),
+        name: row.get(1),
+        plan_tier: row.get(2),
+        created_at: row.get(3),
+    };
+    // Setting the tier it already has changes nothing and records nothing.
+    let pending = if old != tier {
+        Some(
+            ledger::append(
+                tx,
+                org_id,
+                &actor.event(
+                    "org.plan_changed",
+                    format!("org:{org_id}"),
+                    json!({"from": old, "to": tier}),
+                ),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok((org, old, pending))
 }
 
 pub async fn get_org(db: &impl GenericClient, id: Uuid) -> ApiResult<Organization> {
@@ -141,12 +222,7 @@ pub async fn get_org(db: &impl GenericClient, id: Uuid) -> ApiResult<Organizatio
     })
 }
 
-pub async fn create_user(
-    db: &impl GenericClient,
-    org_id: Uuid,
-    input: &NewUser,
-    _actor: &Actor,
-) -> ApiResult<User> {
+pub async fn create_user(tx: &Tx<'_>, org_id: Uuid, input: &NewUser, actor: &Actor) -> ApiResult<(User, Pending)> {
     let email = input.email.trim();
     let valid_email = email.len() <= 320
         && email
@@ -165,8 +241,8 @@ pub async fn create_user(
             "'role' must be one of owner, admin, member",
         ));
     }
-    get_org(db, org_id).await?;
-    let row = db
+    get_org(tx, org_id).await?;
+    let row = tx
         .query_opt(
             "INSERT INTO users (id, org_id, email, name, role) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING
@@ -180,14 +256,25 @@ pub async fn create_user(
                 "a user with this email already exists in the organisation",
             )
         })?;
-    Ok(User {
+    let user = User {
         id: row.get(0),
         org_id: row.get(1),
         email: row.get(2),
         name: row.get(3),
         role: row.get(4),
         created_at: row.get(5),
-    })
+    };
+    let pending = ledger::append(
+        tx,
+        org_id,
+        &actor.event(
+            "user.created",
+            format!("user:{}", user.id),
+            json!({"email": user.email, "role": user.role}),
+        ),
+    )
+    .await?;
+    Ok((user, pending))
 }
 
 const KEY_COLUMNS: &str =
@@ -208,12 +295,8 @@ fn key_info(row: &tokio_postgres::Row) -> ApiKeyInfo {
 }
 
 /// Issues a key for an organisation (org or project scope).
-pub async fn create_org_key(
-    db: &impl GenericClient,
-    org_id: Uuid,
-    input: &NewApiKey,
-    actor: &Actor,
-) -> ApiResult<IssuedKey> {
+pub async fn create_org_key(tx: &Tx<'_>, org_id: Uuid, input: &NewApiKey, actor: &Actor) -> ApiResult<(IssuedKey, Pending)> {
+    let db = tx;
     check_name("name", &input.name)?;
     let scope = match input.scope.as_deref().unwrap_or("org") {
         "org" => Scope::Org,
@@ -263,8 +346,8 @@ pub async fn create_org_key(
         }
         _ => None,
     };
-    insert_key(
-        db,
+    let issued = insert_key(
+        tx,
         scope,
         Some(org_id),
         project,
@@ -272,7 +355,19 @@ pub async fn create_org_key(
         &input.name,
         actor,
     )
-    .await
+    .await?;
+    let pending = ledger::append(
+        tx,
+        org_id,
+        &actor.event(
+            "api_key.created",
+            format!("api_key:{}", issued.info.id),
+            json!({"name": issued.info.name, "scope": issued.info.scope,
+                   "project_id": issued.info.project_id, "user_id": issued.info.user_id}),
+        ),
+    )
+    .await?;
+    Ok((issued, pending))
 }
 
 /// Issues an operator key; only `ledgerline bootstrap` does this.
@@ -320,23 +415,46 @@ async fn insert_key(
 }
 
 /// Revokes a key. Revoking an already revoked key is not an error: the
-/// original revocation time is returned.
+/// original revocation time is returned, and nothing new is recorded.
 pub async fn revoke_key(
-    db: &impl GenericClient,
+    tx: &Tx<'_>,
     id: Uuid,
-    _actor: &Actor,
-) -> ApiResult<ApiKeyInfo> {
-    let row = db
+    actor: &Actor,
+) -> ApiResult<(ApiKeyInfo, Option<Pending>)> {
+    let was_active: bool = tx
         .query_opt(
+            "SELECT revoked_at IS NULL FROM api_keys WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))?
+        .get(0);
+    let row = tx
+        .query_one(
             &format!(
                 "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
                   WHERE id = $1 RETURNING {KEY_COLUMNS}"
             ),
             &[&id],
         )
-        .await?
-        .ok_or_else(|| ApiError::not_found("API key"))?;
-    Ok(key_info(&row))
+        .await?;
+    let info = key_info(&row);
+    let pending = match (was_active, info.org_id) {
+        (true, Some(org)) => Some(
+            ledger::append(
+                tx,
+                org,
+                &actor.event(
+                    "api_key.revoked",
+                    format!("api_key:{id}"),
+                    json!({"name": info.name, "scope": info.scope}),
+                ),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    Ok((info, pending))
 }
 
 /// One key of an organisation; another organisation's key is "not found".

@@ -22,6 +22,8 @@ pub struct Config {
     pub api_rate_limit_window_secs: u32,
     /// How long an idempotency record is kept, in seconds.
     pub idempotency_ttl_secs: u32,
+    /// Evidence uploads per organisation per UTC day.
+    pub uploads_per_day: u32,
 }
 
 #[derive(Debug)]
@@ -82,6 +84,7 @@ impl Config {
             )?
             .max(1),
             idempotency_ttl_secs: parse_num(&get, "LEDGERLINE_IDEMPOTENCY_TTL_SECS", 86_400)?,
+            uploads_per_day: parse_num(&get, "LEDGERLINE_UPLOADS_PER_DAY", 100)?,
         })
     }
 }

@@ -57,6 +57,9 @@ pub enum Access {
 pub enum Limit {
     /// The general per-key API limit (`LEDGERLINE_API_RATE_LIMIT` per window).
     Api,
+    /// Evidence uploads per organisation per UTC day
+    /// (`LEDGERLINE_UPLOADS_PER_DAY`, default 100).
+    UploadsPerDay,
 }
 
 pub struct Route {
@@ -94,6 +97,12 @@ pub const FALLBACK_FUNCTION: &str = "api_fallback";
 macro_rules! route {
     ($function:literal, $verb:ident $path:literal, $tag:literal, $summary:literal,
      access: $access:ident, limit: $limit:expr, idempotent: $idem:literal, handler: $handler:path) => {
+        route!($function, $verb $path, $tag, $summary, access: $access, limit: $limit,
+               idempotent: $idem, max_body: JSON_BODY_LIMIT, handler: $handler)
+    };
+    ($function:literal, $verb:ident $path:literal, $tag:literal, $summary:literal,
+     access: $access:ident, limit: $limit:expr, idempotent: $idem:literal, max_body: $max:expr,
+     handler: $handler:path) => {
         Route {
             function: $function,
             verb: Verb::$verb,
@@ -103,7 +112,7 @@ macro_rules! route {
             access: Access::$access,
             limit: $limit,
             idempotent: $idem,
-            max_body: JSON_BODY_LIMIT,
+            max_body: $max,
             handler: |ctx, call| Box::pin($handler(ctx, call)),
         }
     };
@@ -130,7 +139,40 @@ pub static ROUTES: &[Route] = &[
         access: Operator, limit: Some(Limit::Api), idempotent: true, handler: api::admin::create_api_key),
     route!("api_admin_revoke_api_key", Delete "/admin/api-keys/{id}", "admin", "Revoke an API key",
         access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::admin::revoke_api_key),
+    route!("api_admin_set_plan", Post "/admin/orgs/{id}/plan", "admin", "Change an organisation's plan tier",
+        access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::admin::set_plan),
+    route!("api_upload_evidence", Post "/api/evidence", "evidence", "Upload one evidence file as the raw body (up to 5 MB)",
+        access: Org, limit: Some(Limit::UploadsPerDay), idempotent: true, max_body: EVIDENCE_BODY_LIMIT,
+        handler: api::evidence::upload),
+    route!("api_list_evidence", Get "/api/evidence", "evidence", "List evidence (cursor)",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::evidence::list),
+    route!("api_get_evidence", Get "/api/evidence/{id}", "evidence", "Evidence metadata and a short-lived download URL",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::evidence::get),
+    route!("api_get_evidence_content", Get "/api/evidence/{id}/content", "evidence", "The evidence bytes (or a redirect to a presigned URL)",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::evidence::content),
+    route!("api_create_evidence_upload", Post "/api/evidence/uploads", "evidence", "Start a direct upload of a large file (presigned PUT)",
+        access: Org, limit: Some(Limit::UploadsPerDay), idempotent: true, handler: api::evidence::create_upload),
+    route!("api_complete_evidence_upload", Post "/api/evidence/uploads/{id}/complete", "evidence", "Record a direct upload after checking the stored object",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::evidence::complete_upload),
+    route!("api_list_ledger_events", Get "/api/ledger/events", "ledger", "The organisation's ledger events (cursor by seq)",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::ledger::list_events),
+    route!("api_get_ledger_event", Get "/api/ledger/events/{seq}", "ledger", "One ledger event",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::ledger::get_event),
+    route!("api_list_ledger_roots", Get "/api/ledger/roots", "ledger", "Sealed daily roots and checkpoints",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::seals::list_roots),
+    route!("api_get_ledger_root", Get "/api/ledger/roots/{day}", "ledger", "One sealed day",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::seals::get_root),
+    route!("api_ledger_inclusion_proof", Get "/api/ledger/proof/inclusion", "ledger", "RFC 9162 inclusion proof of an event in a checkpoint",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::seals::inclusion_proof),
+    route!("api_ledger_consistency_proof", Get "/api/ledger/proof/consistency", "ledger", "RFC 9162 consistency proof between two checkpoints",
+        access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::seals::consistency_proof),
+    route!("api_checkpoint_key", Get "/api/public/checkpoint-key", "ledger", "The Ed25519 verifier key of signed checkpoints (C2SP vkey)",
+        access: Public, limit: None, idempotent: false, handler: api::seals::checkpoint_key),
 ];
+
+/// Evidence uploads through the API are limited to 5 MB; larger files go
+/// through a presigned upload.
+pub const EVIDENCE_BODY_LIMIT: usize = 5 * 1024 * 1024;
 
 pub fn routes() -> &'static [Route] {
     ROUTES

@@ -218,13 +218,14 @@ impl Drop for TestServer {
 
 async fn seed(ctx: &AppContext) -> Seed {
     use ledgerline::accounts::{self, Actor, NewApiKey, NewOrg};
-    let client = ctx.pool.get().await.unwrap();
+    let mut client = ctx.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
     let actor = Actor {
         key_id: None,
         request_id: "test-seed".into(),
     };
-    let org = accounts::create_org(
-        &**client,
+    let (org, _) = accounts::create_org(
+        &tx,
         &NewOrg {
             name: "Seed Org".into(),
             plan_tier: None,
@@ -233,8 +234,8 @@ async fn seed(ctx: &AppContext) -> Seed {
     )
     .await
     .unwrap();
-    let key = accounts::create_org_key(
-        &**client,
+    let (key, _) = accounts::create_org_key(
+        &tx,
         org.id,
         &NewApiKey {
             name: "seed key".into(),
@@ -246,7 +247,11 @@ async fn seed(ctx: &AppContext) -> Seed {
     )
     .await
     .unwrap();
-    let op = accounts::create_operator_key(&**client, "seed operator", &actor)
+    let op = accounts::create_operator_key(&*tx, "seed operator", &actor)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    ledgerline::ledger::events::sequence_pending(&**client, org.id, ctx.clock.now())
         .await
         .unwrap();
     Seed {
@@ -313,6 +318,9 @@ pub const EVENT_EXPECTATIONS: &[(&str, u16)] = &[
     ("api_admin_get_org", 200),
     ("api_admin_create_user", 201),
     ("api_admin_create_api_key", 201),
+    ("api_admin_set_plan", 200),
+    ("api_list_ledger_events", 200),
+    ("api_get_ledger_event", 200),
     ("api_admin_revoke_api_key", 200),
     ("api_fallback", 404),
 ];

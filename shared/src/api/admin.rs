@@ -1,11 +1,16 @@
 //! Operator endpoints. Every write keeps its actor (key and request id) so
-//! it can be written to the operator audit log.
+//! it can be written to the operator audit log, and every change to an
+//! organisation is recorded in its ledger in the same transaction.
 
 use crate::accounts::{self, Actor, NewApiKey, NewOrg, NewUser};
 use crate::context::AppContext;
 use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
+use crate::ledger::events::{sequence_committed, Pending};
+use serde::Deserialize;
+use serde_json::json;
 use std::sync::Arc;
+use uuid::Uuid;
 
 fn actor(call: &Call) -> Actor {
     Actor {
@@ -14,12 +19,36 @@ fn actor(call: &Call) -> Actor {
     }
 }
 
+/// Adds `ledger_seq` (the seq of the event recording the change) to a body.
+fn with_seq<T: serde::Serialize>(value: &T, seq: Option<u64>) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("ledger_seq".into(), json!(seq));
+    }
+    v
+}
+
+async fn sequenced(
+    ctx: &AppContext,
+    db: &deadpool_postgres::Client,
+    org: Uuid,
+    pending: Option<Pending>,
+) -> Option<u64> {
+    match pending {
+        Some(p) => sequence_committed(&***db, org, ctx.clock.now(), p).await,
+        None => None,
+    }
+}
+
 pub async fn create_org(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let input: NewOrg = call.json()?;
-    let db = ctx.db().await?;
-    let org = accounts::create_org(&**db, &input, &actor(&call)).await?;
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let (org, pending) = accounts::create_org(&tx, &input, &actor(&call)).await?;
+    tx.commit().await?;
+    let seq = sequenced(&ctx, &db, org.id, Some(pending)).await;
     let location = format!("/admin/orgs/{}", org.id);
-    Ok(ApiResponse::created(&org).with_header("location", &location))
+    Ok(ApiResponse::created(&with_seq(&org, seq)).with_header("location", &location))
 }
 
 pub async fn get_org(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
@@ -28,27 +57,56 @@ pub async fn get_org(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse>
     Ok(ApiResponse::ok(&accounts::org_summary(&**db, id).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPlan {
+    plan_tier: String,
+}
+
+pub async fn set_plan(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
+    let id = call.param_uuid("id")?;
+    let input: SetPlan = call.json()?;
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let (org, previous, pending) = accounts::set_plan(&tx, id, &input.plan_tier, &actor(&call)).await?;
+    tx.commit().await?;
+    let seq = sequenced(&ctx, &db, id, pending).await;
+    let mut body = with_seq(&org, seq);
+    body["previous_plan_tier"] = json!(previous);
+    Ok(ApiResponse::ok(&body))
+}
+
 pub async fn create_user(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let org = call.param_uuid("id")?;
     let input: NewUser = call.json()?;
-    let db = ctx.db().await?;
-    Ok(ApiResponse::created(
-        &accounts::create_user(&**db, org, &input, &actor(&call)).await?,
-    ))
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let (user, pending) = accounts::create_user(&tx, org, &input, &actor(&call)).await?;
+    tx.commit().await?;
+    let seq = sequenced(&ctx, &db, org, Some(pending)).await;
+    Ok(ApiResponse::created(&with_seq(&user, seq)))
 }
 
 pub async fn create_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let org = call.param_uuid("id")?;
     let input: NewApiKey = call.json()?;
-    let db = ctx.db().await?;
-    let issued = accounts::create_org_key(&**db, org, &input, &actor(&call)).await?;
-    Ok(ApiResponse::created(&issued).with_header("cache-control", "no-store"))
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let (issued, pending) = accounts::create_org_key(&tx, org, &input, &actor(&call)).await?;
+    tx.commit().await?;
+    let seq = sequenced(&ctx, &db, org, Some(pending)).await;
+    Ok(ApiResponse::created(&with_seq(&issued, seq)).with_header("cache-control", "no-store"))
 }
 
 pub async fn revoke_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let id = call.param_uuid("id")?;
-    let db = ctx.db().await?;
-    Ok(ApiResponse::ok(
-        &accounts::revoke_key(&**db, id, &actor(&call)).await?,
-    ))
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let (info, pending) = accounts::revoke_key(&tx, id, &actor(&call)).await?;
+    tx.commit().await?;
+    let seq = match info.org_id {
+        Some(org) => sequenced(&ctx, &db, org, pending).await,
+        None => None,
+    };
+    Ok(ApiResponse::ok(&with_seq(&info, seq)))
 }

@@ -2,5 +2,8 @@
 //! a use case and shapes the response; no business rules live here.
 
 pub mod admin;
+pub mod evidence;
+pub mod ledger;
 pub mod me;
 pub mod meta;
+pub mod seals;

@@ -175,6 +175,11 @@ impl Pipeline {
                     ctx.config.api_rate_limit_per_minute,
                     ctx.config.api_rate_limit_window_secs,
                 ),
+                Limit::UploadsPerDay => (
+                    format!("uploads:{}", p.org()?),
+                    ctx.config.uploads_per_day,
+                    86_400,
+                ),
             };
             let db = ctx.db().await?;
             let d = ratelimit::check(&db, &bucket, max, window, ctx.clock.now()).await?;

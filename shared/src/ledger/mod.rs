@@ -2,4 +2,5 @@
 //! signed C2SP checkpoints of their roots. Pure code, no I/O.
 
 pub mod checkpoint;
+pub mod events;
 pub mod merkle;
