@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod lambda;
 pub mod ledger;
 pub mod logging;
+pub mod messages;
 pub mod openapi;
 pub mod queue;
 pub mod ratelimit;
