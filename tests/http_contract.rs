@@ -752,3 +752,69 @@ async fn an_unreachable_database_is_a_503_not_a_crash() {
     let r = reqwest::get(format!("{base}/openapi.json")).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A table with one slow public route, for the shutdown test.
+fn slow_routes() -> &'static [ledgerline::routes::Route] {
+    use ledgerline::routes::{Access, Route, Verb};
+    Box::leak(Box::new([Route {
+        function: "test_slow",
+        verb: Verb::Get,
+        path: "/slow/{secs}",
+        summary: "sleeps, then answers",
+        tag: "test",
+        access: Access::Public,
+        limit: None,
+        idempotent: false,
+        max_body: ledgerline::http::JSON_BODY_LIMIT,
+        handler: |_ctx, call| {
+            Box::pin(async move {
+                let secs: u64 = call.param("secs").unwrap_or("0").parse().unwrap_or(0);
+                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+                Ok(ledgerline::http::ApiResponse::ok(&json!({"slept": secs})))
+            })
+        },
+    }]))
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_drains_and_gives_up_after_10_s() {
+    use std::time::{Duration, Instant};
+    let config = ledgerline_tests::test_config("postgres://nobody@127.0.0.1:1/none");
+    let ctx = ledgerline::context::AppContext::new(config).unwrap();
+    let pipeline = std::sync::Arc::new(ledgerline::http::pipeline::Pipeline::with_routes(
+        ctx,
+        slow_routes(),
+        ledgerline::http::pipeline::Serve::All,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ledgerline::server::serve(listener, pipeline, async {
+        let _ = stopped.await;
+    }));
+    // One request that finishes inside the drain window, one that never would.
+    let quick = tokio::spawn(reqwest::get(format!("http://{addr}/slow/2")));
+    let stuck = tokio::spawn(reqwest::get(format!("http://{addr}/slow/60")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(()).unwrap();
+    let asked = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No new connections once shutdown is asked.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // The in-flight request is drained: it completes normally.
+    let r = quick.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["slept"], 2);
+    // The hanging one does not hold the server beyond 10 s.
+    tokio::time::timeout(Duration::from_secs(13), server)
+        .await
+        .expect("serve returns after the drain timeout")
+        .unwrap()
+        .unwrap();
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_millis(9500) && took < Duration::from_millis(11500),
+        "{took:?}"
+    );
+    stuck.abort();
+}

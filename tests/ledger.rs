@@ -2,10 +2,10 @@
 //! commit together, seq is gapless under concurrency, the SQL sequencer and
 //! the Rust reference encoding agree, and any tampering is found at its seq.
 
+use ledgerline::clock::Clock;
 use ledgerline::ledger::events::{
     self, append, sequence_committed, verify_org_chain, ChainStatus, NewEvent, GENESIS_PREV_HASH,
 };
-use ledgerline::clock::Clock;
 use ledgerline_tests::{assert_error, TestServer};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -28,7 +28,9 @@ async fn append_one(s: &TestServer, org: Uuid, n: usize) -> u64 {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    sequence_committed(&**c, org, s.clock.now(), p).await.unwrap()
+    sequence_committed(&**c, org, s.clock.now(), p)
+        .await
+        .unwrap()
 }
 
 fn org_id(s: &TestServer) -> Uuid {
@@ -52,7 +54,11 @@ async fn account_changes_are_recorded_and_the_chain_verifies() {
     assert_eq!(head(&s, org_id(&s)).await, 2);
 
     let user: Value = s
-        .post(&format!("/admin/orgs/{org}/users"), &op, &json!({"email": "a@example.com"}))
+        .post(
+            &format!("/admin/orgs/{org}/users"),
+            &op,
+            &json!({"email": "a@example.com"}),
+        )
         .send()
         .await
         .unwrap()
@@ -61,7 +67,11 @@ async fn account_changes_are_recorded_and_the_chain_verifies() {
         .unwrap();
     assert_eq!(user["ledger_seq"], 3);
     let plan: Value = s
-        .post(&format!("/admin/orgs/{org}/plan"), &op, &json!({"plan_tier": "business"}))
+        .post(
+            &format!("/admin/orgs/{org}/plan"),
+            &op,
+            &json!({"plan_tier": "business"}),
+        )
         .send()
         .await
         .unwrap()
@@ -73,7 +83,11 @@ async fn account_changes_are_recorded_and_the_chain_verifies() {
     assert_eq!(plan["ledger_seq"], 4);
     // Same tier again: nothing changes, nothing is recorded.
     let same: Value = s
-        .post(&format!("/admin/orgs/{org}/plan"), &op, &json!({"plan_tier": "business"}))
+        .post(
+            &format!("/admin/orgs/{org}/plan"),
+            &op,
+            &json!({"plan_tier": "business"}),
+        )
         .send()
         .await
         .unwrap()
@@ -81,11 +95,25 @@ async fn account_changes_are_recorded_and_the_chain_verifies() {
         .await
         .unwrap();
     assert_eq!(same["ledger_seq"], Value::Null);
-    let bad = s.post(&format!("/admin/orgs/{org}/plan"), &op, &json!({"plan_tier": "gold"})).send().await.unwrap();
+    let bad = s
+        .post(
+            &format!("/admin/orgs/{org}/plan"),
+            &op,
+            &json!({"plan_tier": "gold"}),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_error(bad, 422, "validation_failed").await;
     // Revoking twice records one revocation.
     for _ in 0..2 {
-        let r = s.http.delete(s.url(&format!("/admin/api-keys/{}", s.seed.org_key_id))).bearer_auth(&op).send().await.unwrap();
+        let r = s
+            .http
+            .delete(s.url(&format!("/admin/api-keys/{}", s.seed.org_key_id)))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     assert_eq!(head(&s, org_id(&s)).await, 5);
@@ -93,9 +121,21 @@ async fn account_changes_are_recorded_and_the_chain_verifies() {
     let c = s.db.pool.get().await.unwrap();
     let evs = events::list_events(&**c, org_id(&s), 0, 100).await.unwrap();
     let kinds: Vec<_> = evs.iter().map(|e| e.event_type.as_str()).collect();
-    assert_eq!(kinds, ["org.created", "api_key.created", "user.created", "org.plan_changed", "api_key.revoked"]);
+    assert_eq!(
+        kinds,
+        [
+            "org.created",
+            "api_key.created",
+            "user.created",
+            "org.plan_changed",
+            "api_key.revoked"
+        ]
+    );
     assert_eq!(evs[0].prev_hash, GENESIS_PREV_HASH);
-    assert_eq!(serde_json::from_str::<Value>(&evs[3].payload).unwrap(), json!({"from": "starter", "to": "business"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&evs[3].payload).unwrap(),
+        json!({"from": "starter", "to": "business"})
+    );
     assert!(evs[3].actor.starts_with("key:"));
     assert!(!evs[3].request_id.is_empty());
     // The SQL sequencer and the Rust reference encoding agree on every event.
@@ -119,8 +159,16 @@ async fn sixty_four_concurrent_appends_get_gapless_seqs_per_organisation() {
     });
     let results = futures_util::future::join_all(tasks).await;
     for (org, base) in [(a, base_a), (b, base_b)] {
-        let seqs: BTreeSet<u64> = results.iter().filter(|(o, _)| *o == org).map(|(_, s)| *s).collect();
-        assert_eq!(seqs, (base + 1..=base + 64).collect(), "gapless and distinct for {org}");
+        let seqs: BTreeSet<u64> = results
+            .iter()
+            .filter(|(o, _)| *o == org)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(
+            seqs,
+            (base + 1..=base + 64).collect(),
+            "gapless and distinct for {org}"
+        );
         assert_eq!(head(&s, org).await, base + 64);
     }
     // Each organisation's log holds only its own events.
@@ -158,8 +206,22 @@ async fn a_rolled_back_change_leaves_no_event_and_consumes_no_seq() {
     // Through the API: a rejected write (duplicate user) records nothing.
     let op = &s.seed.operator_key;
     let users = format!("/admin/orgs/{}/users", s.seed.org_id);
-    assert_eq!(s.post(&users, op, &json!({"email": "x@example.com"})).send().await.unwrap().status(), 201);
-    assert_eq!(s.post(&users, op, &json!({"email": "x@example.com"})).send().await.unwrap().status(), 409);
+    assert_eq!(
+        s.post(&users, op, &json!({"email": "x@example.com"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        s.post(&users, op, &json!({"email": "x@example.com"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
     assert_eq!(head(&s, org).await, before + 2);
 }
 
@@ -204,10 +266,22 @@ async fn changing_any_stored_field_is_detected_at_exactly_that_seq() {
         ("subject", "SET subject = subject || 'x'"),
         ("actor", "SET actor = 'someone-else'"),
         ("request_id", "SET request_id = 'forged'"),
-        ("payload", "SET payload = replace(payload, '\"n\":', '\"m\":')"),
-        ("recorded_at", "SET recorded_at = recorded_at + interval '1 microsecond'"),
-        ("prev_hash", "SET prev_hash = set_byte(prev_hash, 0, get_byte(prev_hash, 0) # 1)"),
-        ("hash", "SET hash = set_byte(hash, 31, get_byte(hash, 31) # 128)"),
+        (
+            "payload",
+            "SET payload = replace(payload, '\"n\":', '\"m\":')",
+        ),
+        (
+            "recorded_at",
+            "SET recorded_at = recorded_at + interval '1 microsecond'",
+        ),
+        (
+            "prev_hash",
+            "SET prev_hash = set_byte(prev_hash, 0, get_byte(prev_hash, 0) # 1)",
+        ),
+        (
+            "hash",
+            "SET hash = set_byte(hash, 31, get_byte(hash, 31) # 128)",
+        ),
         ("seq", "SET seq = 1000000"),
         ("org_id", "SET org_id = $2"),
     ];
@@ -239,8 +313,15 @@ async fn changing_any_stored_field_is_detected_at_exactly_that_seq() {
     append_one(&s, org, 1).await;
     let last = append_one(&s, org, 2).await;
     let c = s.db.pool.get().await.unwrap();
-    c.execute("DELETE FROM ledger_events WHERE org_id = $1 AND seq = $2", &[&org, &(last as i64)]).await.unwrap();
-    assert!(matches!(verify_org_chain(&**c, org).await.unwrap(), ChainStatus::Broken { seq, .. } if seq == last));
+    c.execute(
+        "DELETE FROM ledger_events WHERE org_id = $1 AND seq = $2",
+        &[&org, &(last as i64)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(verify_org_chain(&**c, org).await.unwrap(), ChainStatus::Broken { seq, .. } if seq == last)
+    );
 }
 
 #[tokio::test]
@@ -250,18 +331,40 @@ async fn events_are_served_per_organisation_with_hex_hashes() {
     for n in 0..5 {
         append_one(&s, org_id(&s), n).await;
     }
-    let first: Value = s.get("/api/ledger/events?limit=3", Some(&key)).send().await.unwrap().json().await.unwrap();
+    let first: Value = s
+        .get("/api/ledger/events?limit=3", Some(&key))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(first["has_more"], true);
     let data = first["data"].as_array().unwrap();
-    assert_eq!(data.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        data.iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     assert_eq!(data[0]["prev_hash"], "0".repeat(64));
     assert_eq!(data[1]["prev_hash"], data[0]["hash"]);
     for e in data {
         let h = e["hash"].as_str().unwrap();
-        assert!(h.len() == 64 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert!(
+            h.len() == 64
+                && h.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        );
     }
     let rest: Value = s
-        .get(&format!("/api/ledger/events?after={}", first["next_cursor"].as_str().unwrap()), Some(&key))
+        .get(
+            &format!(
+                "/api/ledger/events?after={}",
+                first["next_cursor"].as_str().unwrap()
+            ),
+            Some(&key),
+        )
         .send()
         .await
         .unwrap()
@@ -271,17 +374,55 @@ async fn events_are_served_per_organisation_with_hex_hashes() {
     assert_eq!(rest["data"].as_array().unwrap().len(), 4);
     assert_eq!(rest["has_more"], false);
 
-    let one: Value = s.get("/api/ledger/events/4", Some(&key)).send().await.unwrap().json().await.unwrap();
+    let one: Value = s
+        .get("/api/ledger/events/4", Some(&key))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(one["seq"], 4);
     assert_eq!(one["payload"]["text"], "ünïcödé ✓");
     assert_eq!(one["payload_canonical"], r#"{"n":1,"text":"ünïcödé ✓"}"#);
 
     // Another organisation sees only its own log; seq 4 of ours is not theirs.
     let (_, other_key, _) = s.new_org("Other").await;
-    let theirs: Value = s.get("/api/ledger/events", Some(&other_key)).send().await.unwrap().json().await.unwrap();
+    let theirs: Value = s
+        .get("/api/ledger/events", Some(&other_key))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(theirs["data"].as_array().unwrap().len(), 2);
     assert_ne!(theirs["data"][0]["hash"], first["data"][0]["hash"]);
-    assert_error(s.get("/api/ledger/events/4", Some(&other_key)).send().await.unwrap(), 404, "not_found").await;
-    assert_error(s.get("/api/ledger/events/x", Some(&key)).send().await.unwrap(), 400, "invalid_seq").await;
-    assert_error(s.get("/api/ledger/events?after=-1", Some(&key)).send().await.unwrap(), 400, "invalid_seq").await;
+    assert_error(
+        s.get("/api/ledger/events/4", Some(&other_key))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        s.get("/api/ledger/events/x", Some(&key))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_seq",
+    )
+    .await;
+    assert_error(
+        s.get("/api/ledger/events?after=-1", Some(&key))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_seq",
+    )
+    .await;
 }

@@ -6,6 +6,7 @@ use ledgerline::accounts::{self, Actor, NewApiKey, NewOrg, NewUser};
 use ledgerline::config::Config;
 use ledgerline::context::AppContext;
 use ledgerline::http::pipeline::{Pipeline, Serve};
+use ledgerline::ledger::seal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -43,6 +44,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Seal the ledger through a past UTC day (what the nightly job does):
+    /// each organisation's unsealed days up to DAY, oldest first.
+    Seal {
+        /// The day to seal through, YYYY-MM-DD; must be before today (UTC).
+        #[arg(long)]
+        day: String,
+        /// Only this organisation (default: every organisation with events that day).
+        #[arg(long)]
+        org: Option<String>,
+        /// Print one JSON object per organisation.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a new checkpoint signing key and print it with its verifier
+    /// key (for LEDGERLINE_CHECKPOINT_KEY / _VERIFIER_KEY in AWS).
+    CheckpointKey {
+        /// The key name (by convention the checkpoint origin).
+        #[arg(
+            long,
+            env = "LEDGERLINE_CHECKPOINT_ORIGIN",
+            default_value = "ledgerline.local"
+        )]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,19 +94,70 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { addr, data_dir } => {
             // The flag is the documented way; make it what the config reads.
             std::env::set_var("LEDGERLINE_DATA_DIR", &data_dir);
-            let config = Config::from_env()?;
+            let mut config = Config::from_env()?;
+            // Locally, receivers on 127.0.0.1/localhost over plain http are
+            // fine unless LEDGERLINE_ALLOW_INSECURE_ENDPOINTS says otherwise.
+            if std::env::var_os(ledgerline::messages::config::ALLOW_INSECURE_ENV).is_none() {
+                config.messages.allow_insecure_endpoints = true;
+            }
             let applied = ledgerline::db::migrate(&config.database_url).await?;
             if !applied.is_empty() {
                 tracing::info!(?applied, "applied migrations");
             }
             let ctx = AppContext::new(config)?;
-            let pipeline = Arc::new(Pipeline::new(ctx, Serve::All));
+            // Load (or generate once, into the data dir) the checkpoint key
+            // now, so a bad key stops the server at start-up.
+            let signer = seal::checkpoint_signer(&ctx).await.map_err(api_err)?;
+            tracing::info!(verifier_key = %signer.verifier_key(), "checkpoint key");
+            let pipeline = Arc::new(Pipeline::new(ctx.clone(), Serve::All));
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
+            // The nightly seal (02:00 UTC) and its worker, in-process.
+            let (stop_jobs, jobs_stopped) = tokio::sync::watch::channel(false);
+            // The message worker (and its sweep) on the Postgres queue.
+            let messages = tokio::spawn(ledgerline::messages::worker::run_local(
+                ctx.clone(),
+                jobs_stopped.clone(),
+            ));
+            let jobs = tokio::spawn(ledgerline::jobs::run_local(ctx, jobs_stopped));
             tracing::info!(addr = %listener.local_addr()?, "ledgerline serving every route");
-            ledgerline::server::serve(listener, pipeline, ledgerline::server::shutdown_signal())
-                .await?;
+            // On SIGINT/SIGTERM the workers are told at once (they finish
+            // their current batch for up to 5 s) while the server drains.
+            let stop_jobs = Arc::new(stop_jobs);
+            let stop_on_signal = stop_jobs.clone();
+            let shutdown = async move {
+                ledgerline::server::shutdown_signal().await;
+                let _ = stop_on_signal.send(true);
+            };
+            let served = ledgerline::server::serve(listener, pipeline, shutdown).await;
+            // The worker finishes its current batch, for up to 5 s.
+            let _ = stop_jobs.send(true);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), jobs)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the roots worker did not stop within 5 s");
+            }
+            if tokio::time::timeout(std::time::Duration::from_secs(5), messages)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the message worker did not stop within 5 s");
+            }
+            served?;
+            Ok(())
+        }
+        Command::Seal { day, org, json } => seal_command(&day, org.as_deref(), json).await,
+        Command::CheckpointKey { name } => {
+            let signer = ledgerline::ledger::checkpoint::CheckpointSigner::generate(&name)
+                .map_err(|e| anyhow::anyhow!("cannot generate a key named '{name}': {e}"))?;
+            println!("LEDGERLINE_CHECKPOINT_KEY={}", signer.private_key());
+            println!(
+                "LEDGERLINE_CHECKPOINT_VERIFIER_KEY={}",
+                signer.verifier_key()
+            );
+            eprintln!("(the first line is a secret: store it in Secrets Manager, never in git)");
             Ok(())
         }
         Command::Migrate => {
@@ -111,7 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let tx = client.transaction().await?;
             let (org, _) = accounts::create_org(
-                &*tx,
+                &tx,
                 &NewOrg {
                     name: org_name,
                     plan_tier: None,
@@ -121,7 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .map_err(api_err)?;
             let (user, _) = accounts::create_user(
-                &*tx,
+                &tx,
                 org.id,
                 &NewUser {
                     email,
@@ -133,7 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .map_err(api_err)?;
             let (org_key, _) = accounts::create_org_key(
-                &*tx,
+                &tx,
                 org.id,
                 &NewApiKey {
                     name: "bootstrap org key".into(),
@@ -172,6 +248,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn seal_command(day: &str, org: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    ledgerline::db::migrate(&config.database_url).await?;
+    let ctx = AppContext::new(config)?;
+    let reports = ledgerline::jobs::manual_seal(&ctx, day, org).await?;
+    if reports.is_empty() && !json {
+        println!("no organisation has events on {day}");
+    }
+    for report in reports {
+        let org = report.org_id;
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else if report.sealed.is_empty() {
+            println!("org {org}: nothing to seal through {day} (already sealed, or no events)");
+        } else {
+            for r in &report.sealed {
+                println!(
+                    "org {org}: sealed {} ({} events, seq {}..{}, day root {}, tree root {})",
+                    r.day,
+                    r.event_count,
+                    r.first_seq,
+                    r.last_seq,
+                    hex_str(&r.day_root),
+                    hex_str(&r.tree_root)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hex_str(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn api_err(e: ledgerline::error::ApiError) -> anyhow::Error {

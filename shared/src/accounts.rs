@@ -4,9 +4,9 @@
 use crate::auth::{generate_key, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::ledger::events::{self as ledger, NewEvent, Pending};
-use serde_json::json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -28,7 +28,12 @@ impl Actor {
         }
     }
 
-    fn event(&self, event_type: &'static str, subject: String, payload: serde_json::Value) -> NewEvent {
+    fn event(
+        &self,
+        event_type: &'static str,
+        subject: String,
+        payload: serde_json::Value,
+    ) -> NewEvent {
         NewEvent {
             event_type,
             subject,
@@ -122,7 +127,11 @@ fn check_name(field: &str, v: &str) -> ApiResult<()> {
 }
 
 /// Creates an organisation; its ledger starts with `org.created`.
-pub async fn create_org(tx: &Tx<'_>, input: &NewOrg, actor: &Actor) -> ApiResult<(Organization, Pending)> {
+pub async fn create_org(
+    tx: &Tx<'_>,
+    input: &NewOrg,
+    actor: &Actor,
+) -> ApiResult<(Organization, Pending)> {
     check_name("name", &input.name)?;
     let tier = input.plan_tier.as_deref().unwrap_or("starter");
     if !PLAN_TIERS.contains(&tier) {
@@ -158,7 +167,12 @@ pub async fn create_org(tx: &Tx<'_>, input: &NewOrg, actor: &Actor) -> ApiResult
 }
 
 /// Changes the plan tier; recorded as `org.plan_changed` with old and new.
-pub async fn set_plan(tx: &Tx<'_>, org_id: Uuid, tier: &str, actor: &Actor) -> ApiResult<(Organization, String, Option<Pending>)> {
+pub async fn set_plan(
+    tx: &Tx<'_>,
+    org_id: Uuid,
+    tier: &str,
+    actor: &Actor,
+) -> ApiResult<(Organization, String, Option<Pending>)> {
     if !PLAN_TIERS.contains(&tier) {
         return Err(ApiError::validation(format!(
             "'plan_tier' must be one of {}",
@@ -222,7 +236,12 @@ pub async fn get_org(db: &impl GenericClient, id: Uuid) -> ApiResult<Organizatio
     })
 }
 
-pub async fn create_user(tx: &Tx<'_>, org_id: Uuid, input: &NewUser, actor: &Actor) -> ApiResult<(User, Pending)> {
+pub async fn create_user(
+    tx: &Tx<'_>,
+    org_id: Uuid,
+    input: &NewUser,
+    actor: &Actor,
+) -> ApiResult<(User, Pending)> {
     let email = input.email.trim();
     let valid_email = email.len() <= 320
         && email
@@ -295,7 +314,12 @@ fn key_info(row: &tokio_postgres::Row) -> ApiKeyInfo {
 }
 
 /// Issues a key for an organisation (org or project scope).
-pub async fn create_org_key(tx: &Tx<'_>, org_id: Uuid, input: &NewApiKey, actor: &Actor) -> ApiResult<(IssuedKey, Pending)> {
+pub async fn create_org_key(
+    tx: &Tx<'_>,
+    org_id: Uuid,
+    input: &NewApiKey,
+    actor: &Actor,
+) -> ApiResult<(IssuedKey, Pending)> {
     let db = tx;
     check_name("name", &input.name)?;
     let scope = match input.scope.as_deref().unwrap_or("org") {

@@ -24,13 +24,29 @@ pub fn valid_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
-pub fn fingerprint(route: &str, path: &str, body: &[u8]) -> Vec<u8> {
+/// Request headers that change what a request means (raw-body uploads carry
+/// their metadata in headers), so they are part of the fingerprint.
+pub const FINGERPRINTED_HEADERS: [&str; 3] = ["content-type", "x-filename", "x-content-sha256"];
+
+/// What makes two requests "the same": route, path, the meaningful headers
+/// and the body. Each part is length-prefixed so parts cannot run together.
+pub fn fingerprint(route: &str, path: &str, headers: &http::HeaderMap, body: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
-    h.update(route.as_bytes());
-    h.update([0]);
-    h.update(path.as_bytes());
-    h.update([0]);
-    h.update(body);
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    part(route.as_bytes());
+    part(path.as_bytes());
+    for name in FINGERPRINTED_HEADERS {
+        part(
+            headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .unwrap_or(b"\0absent"),
+        );
+    }
+    part(body);
     h.finalize().to_vec()
 }
 
@@ -181,11 +197,37 @@ mod tests {
 
     #[test]
     fn fingerprints_separate_fields() {
-        assert_ne!(fingerprint("a", "bc", b""), fingerprint("ab", "c", b""));
+        let none = HeaderMap::new();
         assert_ne!(
-            fingerprint("r", "/p", b"{}"),
-            fingerprint("r", "/p", b"{} ")
+            fingerprint("a", "bc", &none, b""),
+            fingerprint("ab", "c", &none, b"")
         );
-        assert_eq!(fingerprint("r", "/p", b"x"), fingerprint("r", "/p", b"x"));
+        assert_ne!(
+            fingerprint("r", "/p", &none, b"{}"),
+            fingerprint("r", "/p", &none, b"{} ")
+        );
+        assert_eq!(
+            fingerprint("r", "/p", &none, b"x"),
+            fingerprint("r", "/p", &none, b"x")
+        );
+        let mut named = HeaderMap::new();
+        named.insert("x-filename", "a.pdf".parse().unwrap());
+        let mut renamed = HeaderMap::new();
+        renamed.insert("x-filename", "b.pdf".parse().unwrap());
+        assert_ne!(
+            fingerprint("r", "/p", &named, b"x"),
+            fingerprint("r", "/p", &renamed, b"x")
+        );
+        assert_ne!(
+            fingerprint("r", "/p", &named, b"x"),
+            fingerprint("r", "/p", &none, b"x")
+        );
+        // Headers that do not change the meaning do not matter.
+        let mut traced = named.clone();
+        traced.insert("x-request-id", "abc".parse().unwrap());
+        assert_eq!(
+            fingerprint("r", "/p", &named, b"x"),
+            fingerprint("r", "/p", &traced, b"x")
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod blob;
 pub mod clock;
@@ -10,8 +11,10 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod evidence;
 pub mod http;
 pub mod idempotency;
+pub mod jobs;
 pub mod lambda;
 pub mod ledger;
 pub mod logging;

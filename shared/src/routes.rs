@@ -50,6 +50,8 @@ pub enum Access {
     AnyKey,
     Org,
     Operator,
+    /// A project key (scope `project`): the `/v1` message API.
+    Project,
 }
 
 /// Which rate limit a route counts against.
@@ -60,6 +62,10 @@ pub enum Limit {
     /// Evidence uploads per organisation per UTC day
     /// (`LEDGERLINE_UPLOADS_PER_DAY`, default 100).
     UploadsPerDay,
+    /// Messages of the key's project: refused while the project is
+    /// suspended, then its per-minute burst and per-UTC-day message limits
+    /// (from the project row) are counted.
+    ProjectMessages,
 }
 
 pub struct Route {
@@ -168,6 +174,26 @@ pub static ROUTES: &[Route] = &[
         access: Org, limit: Some(Limit::Api), idempotent: false, handler: api::seals::consistency_proof),
     route!("api_checkpoint_key", Get "/api/public/checkpoint-key", "ledger", "The Ed25519 verifier key of signed checkpoints (C2SP vkey)",
         access: Public, limit: None, idempotent: false, handler: api::seals::checkpoint_key),
+    route!("api_admin_create_project", Post "/admin/projects", "admin", "Create a project with its delivery endpoint (the signing secret is shown once)",
+        access: Operator, limit: Some(Limit::Api), idempotent: true, handler: api::projects::create_project),
+    route!("api_admin_suspend_project", Post "/admin/projects/{id}/suspend", "admin", "Suspend a project: its messages are refused and not delivered",
+        access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::projects::suspend_project),
+    route!("api_admin_activate_project", Post "/admin/projects/{id}/activate", "admin", "Activate a project; its waiting messages are delivered",
+        access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::projects::activate_project),
+    route!("api_admin_set_project_limits", Put "/admin/projects/{id}/limits", "admin", "Change a project's limits",
+        access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::projects::set_limits),
+    route!("api_admin_apply_project_tier", Post "/admin/projects/{id}/tier", "admin", "Apply a tier (and its limits) to a project",
+        access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::projects::apply_tier),
+    route!("api_admin_list_audit_events", Get "/admin/audit-events", "admin", "The operator audit log (filter by target and action; cursor)",
+        access: Operator, limit: Some(Limit::Api), idempotent: false, handler: api::audit::list_audit_events),
+    route!("api_send_message", Post "/v1/messages", "messages", "Send a message: stored, queued, answered 202",
+        access: Project, limit: Some(Limit::ProjectMessages), idempotent: true, handler: api::messages::send),
+    route!("api_list_messages", Get "/v1/messages", "messages", "The project's messages, newest first (cursor; filter by status)",
+        access: Project, limit: Some(Limit::Api), idempotent: false, handler: api::messages::list),
+    route!("api_get_message", Get "/v1/messages/{id}", "messages", "One of the project's messages",
+        access: Project, limit: Some(Limit::Api), idempotent: false, handler: api::messages::get),
+    route!("api_list_message_events", Get "/v1/messages/{id}/events", "messages", "A message's timeline: queued, attempts, retries, delivered or failed",
+        access: Project, limit: Some(Limit::Api), idempotent: false, handler: api::messages::events),
 ];
 
 /// Evidence uploads through the API are limited to 5 MB; larger files go

@@ -51,6 +51,9 @@ pub async fn serve(
             let _ = conn.await;
         });
     }
+    // Stop accepting for real: close the listening socket, so new
+    // connections are refused instead of waiting in the backlog.
+    drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await

@@ -3,6 +3,7 @@
 //! organisation is recorded in its ledger in the same transaction.
 
 use crate::accounts::{self, Actor, NewApiKey, NewOrg, NewUser};
+use crate::audit::{self, AuditEvent};
 use crate::context::AppContext;
 use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
@@ -47,6 +48,14 @@ pub async fn create_org(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespon
     let (org, pending) = accounts::create_org(&tx, &input, &actor(&call)).await?;
     tx.commit().await?;
     let seq = sequenced(&ctx, &db, org.id, Some(pending)).await;
+    drop(db);
+    let details = json!({"name": org.name, "plan_tier": org.plan_tier});
+    audit::record(
+        &ctx,
+        &actor(&call),
+        AuditEvent::new("org.created", "org", org.id, details),
+    )
+    .await;
     let location = format!("/admin/orgs/{}", org.id);
     Ok(ApiResponse::created(&with_seq(&org, seq)).with_header("location", &location))
 }
@@ -68,9 +77,18 @@ pub async fn set_plan(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse
     let input: SetPlan = call.json()?;
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
-    let (org, previous, pending) = accounts::set_plan(&tx, id, &input.plan_tier, &actor(&call)).await?;
+    let (org, previous, pending) =
+        accounts::set_plan(&tx, id, &input.plan_tier, &actor(&call)).await?;
     tx.commit().await?;
     let seq = sequenced(&ctx, &db, id, pending).await;
+    drop(db);
+    let details = json!({"from": previous, "to": org.plan_tier, "changed": pending.is_some()});
+    audit::record(
+        &ctx,
+        &actor(&call),
+        AuditEvent::new("org.plan_changed", "org", id, details),
+    )
+    .await;
     let mut body = with_seq(&org, seq);
     body["previous_plan_tier"] = json!(previous);
     Ok(ApiResponse::ok(&body))
@@ -84,6 +102,14 @@ pub async fn create_user(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespo
     let (user, pending) = accounts::create_user(&tx, org, &input, &actor(&call)).await?;
     tx.commit().await?;
     let seq = sequenced(&ctx, &db, org, Some(pending)).await;
+    drop(db);
+    let details = json!({"org_id": org, "email": user.email, "role": user.role});
+    audit::record(
+        &ctx,
+        &actor(&call),
+        AuditEvent::new("user.created", "user", user.id, details),
+    )
+    .await;
     Ok(ApiResponse::created(&with_seq(&user, seq)))
 }
 
@@ -95,6 +121,16 @@ pub async fn create_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRe
     let (issued, pending) = accounts::create_org_key(&tx, org, &input, &actor(&call)).await?;
     tx.commit().await?;
     let seq = sequenced(&ctx, &db, org, Some(pending)).await;
+    drop(db);
+    let i = &issued.info;
+    let details = json!({"org_id": org, "name": i.name, "scope": i.scope,
+                         "project_id": i.project_id, "user_id": i.user_id});
+    audit::record(
+        &ctx,
+        &actor(&call),
+        AuditEvent::new("api_key.created", "api_key", i.id, details),
+    )
+    .await;
     Ok(ApiResponse::created(&with_seq(&issued, seq)).with_header("cache-control", "no-store"))
 }
 
@@ -108,5 +144,14 @@ pub async fn revoke_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRe
         Some(org) => sequenced(&ctx, &db, org, pending).await,
         None => None,
     };
+    drop(db);
+    let details = json!({"org_id": info.org_id, "name": info.name, "scope": info.scope,
+                         "already_revoked": pending.is_none()});
+    audit::record(
+        &ctx,
+        &actor(&call),
+        AuditEvent::new("api_key.revoked", "api_key", id, details),
+    )
+    .await;
     Ok(ApiResponse::ok(&with_seq(&info, seq)))
 }

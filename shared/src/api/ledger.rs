@@ -28,7 +28,9 @@ fn parse_seq(raw: &str, what: &str) -> ApiResult<u64> {
     raw.parse::<u64>()
         .ok()
         .filter(|n| *n <= i64::MAX as u64)
-        .ok_or_else(|| ApiError::bad_request("invalid_seq", format!("'{what}' must be a whole number")))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_seq", format!("'{what}' must be a whole number"))
+        })
 }
 
 pub async fn list_events(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
@@ -42,7 +44,11 @@ pub async fn list_events(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespo
     let mut evs = events::list_events(&**db, org, after, page.limit + 1).await?;
     let has_more = evs.len() as i64 > page.limit;
     evs.truncate(page.limit as usize);
-    let next = if has_more { evs.last().map(|e| e.seq.to_string()) } else { None };
+    let next = if has_more {
+        evs.last().map(|e| e.seq.to_string())
+    } else {
+        None
+    };
     Ok(ApiResponse::ok(&json!({
         "data": evs.iter().map(event_json).collect::<Vec<_>>(),
         "has_more": has_more,
@@ -54,5 +60,7 @@ pub async fn get_event(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespons
     let org = call.principal()?.org()?;
     let seq = parse_seq(call.param("seq").unwrap_or_default(), "seq")?;
     let db = ctx.db().await?;
-    Ok(ApiResponse::ok(&event_json(&events::get_event(&**db, org, seq).await?)))
+    Ok(ApiResponse::ok(&event_json(
+        &events::get_event(&**db, org, seq).await?,
+    )))
 }

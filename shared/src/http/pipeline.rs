@@ -73,6 +73,7 @@ impl Pipeline {
             path = %req.path,
             org_id = tracing::field::Empty,
             key_id = tracing::field::Empty,
+            project_id = tracing::field::Empty,
         );
         let started = Instant::now();
         let mut response = self
@@ -164,25 +165,36 @@ impl Pipeline {
                 if let Some(org) = p.org_id {
                     span.record("org_id", tracing::field::display(org));
                 }
+                if let Some(project) = p.project_id {
+                    span.record("project_id", tracing::field::display(project));
+                }
                 Some(p)
             }
         };
 
         if let (Some(limit), Some(p)) = (route.limit, principal.as_ref()) {
-            let (bucket, max, window) = match limit {
-                Limit::Api => (
-                    format!("api:{}", p.key_id),
-                    ctx.config.api_rate_limit_per_minute,
-                    ctx.config.api_rate_limit_window_secs,
-                ),
-                Limit::UploadsPerDay => (
-                    format!("uploads:{}", p.org()?),
-                    ctx.config.uploads_per_day,
-                    86_400,
-                ),
-            };
             let db = ctx.db().await?;
-            let d = ratelimit::check(&db, &bucket, max, window, ctx.clock.now()).await?;
+            let now = ctx.clock.now();
+            let d = match limit {
+                Limit::Api => {
+                    let bucket = format!("api:{}", p.key_id);
+                    let (max, window) = (
+                        ctx.config.api_rate_limit_per_minute,
+                        ctx.config.api_rate_limit_window_secs,
+                    );
+                    ratelimit::check(&db, &bucket, max, window, now).await?
+                }
+                Limit::UploadsPerDay => {
+                    let bucket = format!("uploads:{}", p.org()?);
+                    ratelimit::check(&db, &bucket, ctx.config.uploads_per_day, 86_400, now).await?
+                }
+                // Per project, from the project row; a suspended project is
+                // refused here, before idempotency, so neither that 403 nor
+                // a 429 is stored as the answer to an Idempotency-Key.
+                Limit::ProjectMessages => {
+                    crate::messages::projects::admit_message(&db, p, now).await?
+                }
+            };
             let allowed = d.allowed;
             let retry_after = d.retry_after;
             *limit_decision = Some(d);
@@ -196,7 +208,7 @@ impl Pipeline {
             _ => None,
         };
         if let Some((owner, key)) = &idem {
-            let fp = idempotency::fingerprint(route.function, &req.path, &req.body);
+            let fp = idempotency::fingerprint(route.function, &req.path, &req.headers, &req.body);
             let db = ctx.db().await?;
             let begun = idempotency::begin(
                 &db,
@@ -246,6 +258,7 @@ fn check_access(access: Access, p: &Principal) -> Result<(), ApiError> {
         Access::Public | Access::AnyKey => true,
         Access::Org => p.scope == Scope::Org,
         Access::Operator => p.scope == Scope::Operator,
+        Access::Project => p.scope == Scope::Project && p.project_id.is_some(),
     };
     if ok {
         return Ok(());
@@ -254,6 +267,10 @@ fn check_access(access: Access, p: &Principal) -> Result<(), ApiError> {
         Access::Operator => (
             "an operator key",
             "Operator endpoints need an operator API key.",
+        ),
+        Access::Project => (
+            "a project key",
+            "Use an API key issued to a project (scope 'project').",
         ),
         _ => (
             "an organisation key",

@@ -38,8 +38,19 @@ pub fn delay_before(
     retry_after: Option<Duration>,
     unit_random: f64,
 ) -> Duration {
+    delay_with_base(BASE_DELAY, next_attempt, retry_after, unit_random)
+}
+
+/// [`delay_before`] with another first delay (`LEDGERLINE_RETRY_BASE_MS`;
+/// tests use a few milliseconds so retries do not take seconds).
+pub fn delay_with_base(
+    base: Duration,
+    next_attempt: u32,
+    retry_after: Option<Duration>,
+    unit_random: f64,
+) -> Duration {
     let exp = next_attempt.saturating_sub(2).min(20);
-    let full = BASE_DELAY.saturating_mul(1u32 << exp).min(MAX_DELAY);
+    let full = base.saturating_mul(1u32 << exp).min(MAX_DELAY);
     let half = full / 2;
     let jittered = half + half.mul_f64(unit_random.clamp(0.0, 1.0));
     jittered.max(retry_after.unwrap_or_default()).min(MAX_DELAY)
@@ -105,6 +116,24 @@ mod tests {
         );
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn the_base_delay_scales_every_step() {
+        let base = Duration::from_millis(10);
+        assert_eq!(
+            delay_with_base(base, 2, None, 0.0),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            delay_with_base(base, 4, None, 0.0),
+            Duration::from_millis(20)
+        );
+        // Retry-After still wins over a short base.
+        assert_eq!(
+            delay_with_base(base, 2, Some(Duration::from_secs(1)), 0.0),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -14,9 +14,11 @@
 //! - bodies are at most 256 KiB of text; at most 10 messages per receive;
 //!   long polling waits at most 20 s.
 
+mod lazy;
 mod pg;
 mod sqs;
 
+pub use lazy::LazySqsQueue;
 pub use pg::PgQueue;
 pub use sqs::SqsQueue;
 

@@ -1,0 +1,6 @@
+//! Lambda entry point for the `api_list_message_events` function (see `shared/src/routes.rs`).
+
+#[tokio::main]
+async fn main() -> Result<(), ledgerline::lambda::Error> {
+    ledgerline::lambda::run_http("api_list_message_events").await
+}

@@ -1,0 +1,190 @@
+//! Operator endpoints for projects. Each write commits (with its ledger
+//! event), then appends one operator audit row, fire-and-forget.
+
+use crate::accounts::Actor;
+use crate::audit::{self, AuditEvent};
+use crate::context::AppContext;
+use crate::error::ApiResult;
+use crate::http::{ApiResponse, Call};
+use crate::ledger::events::{sequence_committed, Pending};
+use crate::messages::delivery;
+use crate::messages::projects::{self, LimitsPatch, NewProject};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use uuid::Uuid;
+
+fn actor(call: &Call) -> Actor {
+    Actor {
+        key_id: call.principal.as_ref().map(|p| p.key_id),
+        request_id: call.request_id.clone(),
+    }
+}
+
+async fn sequenced(ctx: &AppContext, org: Uuid, pending: Option<Pending>) -> Option<u64> {
+    let p = pending?;
+    let db = ctx.db().await.ok()?;
+    sequence_committed(&**db, org, ctx.clock.now(), p).await
+}
+
+fn with_seq(value: &impl serde::Serialize, seq: Option<u64>) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("ledger_seq".into(), json!(seq));
+    }
+    v
+}
+
+pub async fn create_project(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
+    let input: NewProject = call.json()?;
+    let actor = actor(&call);
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let (created, pending) = projects::create_project(
+        &tx,
+        &input,
+        ctx.config.messages.allow_insecure_endpoints,
+        &actor,
+    )
+    .await?;
+    tx.commit().await?;
+    drop(db);
+    let p = &created.project;
+    let seq = sequenced(&ctx, p.org_id, Some(pending)).await;
+    audit::record(
+        &ctx,
+        &actor,
+        AuditEvent::new(
+            "project.created",
+            "project",
+            p.id,
+            json!({"org_id": p.org_id, "name": p.name, "tier_id": p.tier_id,
+                   "limits": p.limits, "endpoint_url": p.endpoint_url}),
+        ),
+    )
+    .await;
+    let mut body = with_seq(p, seq);
+    // Shown this once; only the worker reads it again.
+    body["signing_secret"] = json!(created.signing_secret.expose());
+    Ok(ApiResponse::created(&body).with_header("cache-control", "no-store"))
+}
+
+async fn set_status(ctx: Arc<AppContext>, call: Call, suspend: bool) -> ApiResult<ApiResponse> {
+    let id = call.param_uuid("id")?;
+    let actor = actor(&call);
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let change = projects::set_status(&tx, id, suspend, &actor).await?;
+    tx.commit().await?;
+    drop(db);
+    let p = &change.project;
+    let seq = sequenced(&ctx, p.org_id, change.pending).await;
+    // Activation: the messages that waited are delivered now, once each.
+    let requeued = if !suspend && change.pending.is_some() {
+        match delivery::requeue_project(&ctx, id, "project activated").await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(project_id = %id, error = %e, cause = ?e.cause,
+                    "queueing the waiting messages failed; the sweeper will");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let action = if suspend {
+        "project.suspended"
+    } else {
+        "project.activated"
+    };
+    audit::record(
+        &ctx,
+        &actor,
+        AuditEvent::new(
+            action,
+            "project",
+            id,
+            json!({"org_id": p.org_id, "previous_status": change.previous_status,
+                   "status": p.status, "changed": change.pending.is_some(),
+                   "requeued_messages": requeued}),
+        ),
+    )
+    .await;
+    let mut body = with_seq(p, seq);
+    body["previous_status"] = json!(change.previous_status);
+    if !suspend {
+        body["requeued_messages"] = json!(requeued.unwrap_or(0));
+    }
+    Ok(ApiResponse::ok(&body))
+}
+
+pub async fn suspend_project(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
+    set_status(ctx, call, true).await
+}
+
+pub async fn activate_project(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
+    set_status(ctx, call, false).await
+}
+
+pub async fn set_limits(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
+    let id = call.param_uuid("id")?;
+    let patch: LimitsPatch = call.json()?;
+    let actor = actor(&call);
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let change = projects::set_limits(&tx, id, &patch, &actor).await?;
+    tx.commit().await?;
+    drop(db);
+    let p = &change.project;
+    let seq = sequenced(&ctx, p.org_id, change.pending).await;
+    audit::record(
+        &ctx,
+        &actor,
+        AuditEvent::new(
+            "project.limits.updated",
+            "project",
+            id,
+            json!({"org_id": p.org_id, "old": change.previous_limits, "new": p.limits}),
+        ),
+    )
+    .await;
+    let mut body = with_seq(p, seq);
+    body["previous_limits"] = json!(change.previous_limits);
+    Ok(ApiResponse::ok(&body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyTier {
+    tier_id: String,
+}
+
+pub async fn apply_tier(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
+    let id = call.param_uuid("id")?;
+    let input: ApplyTier = call.json()?;
+    let actor = actor(&call);
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let change = projects::apply_tier(&tx, id, &input.tier_id, &actor).await?;
+    tx.commit().await?;
+    drop(db);
+    let p = &change.project;
+    let seq = sequenced(&ctx, p.org_id, change.pending).await;
+    audit::record(
+        &ctx,
+        &actor,
+        AuditEvent::new(
+            "project.tier.applied",
+            "project",
+            id,
+            json!({"org_id": p.org_id, "tier_id": p.tier_id, "limits": p.limits,
+                   "previous_tier_id": change.previous_tier_id,
+                   "previous_limits": change.previous_limits}),
+        ),
+    )
+    .await;
+    let mut body = with_seq(p, seq);
+    body["previous_tier_id"] = json!(change.previous_tier_id);
+    body["previous_limits"] = json!(change.previous_limits);
+    Ok(ApiResponse::ok(&body))
+}
