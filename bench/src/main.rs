@@ -1,10 +1,15 @@
-//! `ledgerline-bench`: measures Lambda cold start of the function binaries
-//! against a hello-world `lambda_http` baseline (built in the same run), and
-//! the local server's throughput on `/api/me` against `/health`. Prints one
-//! JSON object on stdout; progress goes to stderr.
+//! `ledgerline-bench`: every performance figure of the issues, each against
+//! a baseline measured in the same run. Ledger appends against plain inserts,
+//! sealing against reading the hashes, Merkle hashing against raw SHA-256;
+//! Lambda cold start of the function binaries against a hello-world
+//! `lambda_http` (built in the same run); the local server's throughput on
+//! `/api/me` against `/health`; message delivery against raw signed POSTs and
+//! `POST /v1/messages` against `/health`. Prints one JSON object on stdout;
+//! progress goes to stderr.
 
 mod coldstart;
 mod fresh_db;
+mod ledger;
 mod messages;
 mod runtime_api;
 mod stats;
@@ -40,7 +45,7 @@ enum EventSet {
 #[command(
     name = "ledgerline-bench",
     version,
-    about = "Cold start vs a hello-world Lambda, and local server throughput; prints JSON"
+    about = "Ledger, cold start, throughput and message delivery figures against same-run baselines; prints JSON"
 )]
 struct Args {
     /// Postgres server to use: a private database is created on it, migrated,
@@ -84,6 +89,27 @@ struct Args {
     /// The repository (for events/ and functions/src/bin).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/.."))]
     repo: PathBuf,
+    /// Skip the ledger figures (appends, sealing, Merkle hashing).
+    #[arg(long)]
+    skip_ledger: bool,
+    /// Ledger: concurrent writers appending to one organisation.
+    #[arg(long, default_value_t = 8)]
+    ledger_writers: usize,
+    /// Ledger: seconds per measured append phase.
+    #[arg(long, default_value_t = 5.0)]
+    ledger_duration: f64,
+    /// Ledger: measured phases per kind (ledger appends, plain inserts).
+    #[arg(long, default_value_t = 2)]
+    ledger_rounds: usize,
+    /// Ledger: events in the sealed day.
+    #[arg(long, default_value_t = 1_000_000)]
+    seal_events: u64,
+    /// Ledger: read/seal pairs measured.
+    #[arg(long, default_value_t = 3)]
+    seal_runs: usize,
+    /// Ledger: leaves of the Merkle hashing figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    merkle_leaves: usize,
     #[arg(long)]
     skip_cold_start: bool,
     #[arg(long)]
@@ -167,7 +193,17 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     eprintln!("bench: creating a private database");
     let db = fresh_db::FreshDb::create(&args.database_url).await?;
     eprintln!("bench: database {} ready (migrated, one org key)", db.name);
-    let result = measure(&args, &targets, &db).await;
+    // First, while this process is small (the seal's peak RSS is measured
+    // in-process).
+    let ledger = if args.skip_ledger {
+        Ok(json!({"skipped": true}))
+    } else {
+        ledger_figures(&args, &db.url).await
+    };
+    let result = match &ledger {
+        Ok(_) => measure(&args, &targets, &db).await,
+        Err(_) => Ok((json!({"skipped": true}), json!({"skipped": true}))),
+    };
     let messages = match (&result, args.skip_messages) {
         (Err(_), _) | (_, true) => Ok(json!({"skipped": true})),
         _ => message_figures(&args, &db.url).await,
@@ -177,6 +213,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     } else {
         db.drop_database().await;
     }
+    let ledger = ledger?;
     let (cold, throughput) = result?;
     let messages = messages?;
 
@@ -204,9 +241,16 @@ async fn run(args: Args) -> anyhow::Result<Value> {
         "database": {
             "name": db.name,
             "kept": args.keep_db,
-            "note": "created on DATABASE_URL's server, migrated with ledgerline::db::migrate, one org and org key; used by both benchmarks",
+            "note": "created on DATABASE_URL's server, migrated with ledgerline::db::migrate, one org and org key; used by every benchmark (each section adds its own organisations)",
         },
         "summary": {
+            "ledger_append_over_plain_insert": ledger.pointer("/append/ledger_over_plain").cloned().unwrap_or(Value::Null),
+            "ledger_append_target_met": ledger.pointer("/append/target_met").cloned().unwrap_or(Value::Null),
+            "seal_over_read": ledger.pointer("/seal/seal_over_read").cloned().unwrap_or(Value::Null),
+            "seal_peak_rss_mb": ledger.pointer("/seal/peak_rss_mb").cloned().unwrap_or(Value::Null),
+            "seal_target_met": ledger.pointer("/seal/target_met").cloned().unwrap_or(Value::Null),
+            "merkle_speed_vs_raw_sha256": ledger.pointer("/merkle/tree_speed_vs_raw").cloned().unwrap_or(Value::Null),
+            "merkle_target_met": ledger.pointer("/merkle/target_met").cloned().unwrap_or(Value::Null),
             "cold_start_all_targets_met": all_met,
             "throughput_me_over_health_requests_per_s": throughput.pointer("/me_over_health/requests_per_s").cloned().unwrap_or(Value::Null),
             "throughput_errors": throughput_errors,
@@ -215,10 +259,23 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             "messages_worker_over_raw_slow_receiver": messages.pointer("/delivery_slow_receiver/worker_over_raw").cloned().unwrap_or(Value::Null),
             "messages_send_over_health_requests_per_s": messages.pointer("/post_messages_vs_health/send_over_health/requests_per_s").cloned().unwrap_or(Value::Null),
         },
+        "ledger": ledger,
         "cold_start": cold,
         "throughput": throughput,
         "messages": messages,
     }))
+}
+
+async fn ledger_figures(args: &Args, database_url: &str) -> anyhow::Result<Value> {
+    let settings = ledger::Settings {
+        writers: args.ledger_writers,
+        append_duration: seconds("ledger-duration", args.ledger_duration)?,
+        append_rounds: args.ledger_rounds,
+        seal_events: args.seal_events,
+        seal_runs: args.seal_runs,
+        merkle_leaves: args.merkle_leaves.max(1),
+    };
+    ledger::run(database_url, &settings).await
 }
 
 async fn message_figures(args: &Args, database_url: &str) -> anyhow::Result<Value> {

@@ -73,6 +73,15 @@ impl std::error::Error for MerkleError {}
 
 /// The hash of one leaf: `SHA-256(0x00 || data)` (RFC 9162 §2.1.1).
 pub fn leaf_hash(data: &[u8]) -> Hash {
+    // The ledger's leaves are 32-byte hashes: hash them from one contiguous
+    // buffer in one call, which is measurably cheaper than feeding the
+    // hasher piece by piece.
+    if data.len() == 32 {
+        let mut input = [0u8; 33];
+        input[0] = LEAF_PREFIX;
+        input[1..].copy_from_slice(data);
+        return Sha256::digest(input).into();
+    }
     let mut hasher = Sha256::new();
     hasher.update([LEAF_PREFIX]);
     hasher.update(data);
@@ -81,11 +90,11 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
 
 /// The hash of an interior node: `SHA-256(0x01 || left || right)` (RFC 9162 §2.1.1).
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update([NODE_PREFIX]);
-    hasher.update(left);
-    hasher.update(right);
-    hasher.finalize().into()
+    let mut input = [0u8; 65];
+    input[0] = NODE_PREFIX;
+    input[1..33].copy_from_slice(left);
+    input[33..].copy_from_slice(right);
+    Sha256::digest(input).into()
 }
 
 /// The Merkle tree hash `MTH(D[n])` of `leaves` (RFC 9162 §2.1.1).
