@@ -635,6 +635,7 @@ async fn lambda_handlers_take_their_sample_events() {
         .unwrap();
     assert_eq!(out["jobs"], 1);
     assert_eq!(out["through_day"], "2026-11-23");
+    assert!(out["purged"].is_object(), "{out}");
 
     // worker: the first record seals the seed org, the second is not a
     // job and is reported as that message's failure only.
@@ -679,4 +680,52 @@ async fn lambda_handlers_take_their_sample_events() {
         let resp = ledgerline::lambda::handle_event(&pipeline, req).await;
         assert_eq!(resp.status(), 200, "{function}: {:?}", resp.body());
     }
+}
+
+/// The nightly run's housekeeping deletes expired rate-limit windows and
+/// Idempotency-Key records, and only those.
+#[tokio::test]
+async fn the_nightly_run_purges_expired_windows_and_idempotency_records() {
+    let s = TestServer::start().await;
+    let now = at("2026-11-24T02:00:00Z");
+    s.clock.set(now);
+    let c = s.db.pool.get().await.unwrap();
+    c.batch_execute(
+        "INSERT INTO rate_limit_windows (bucket, window_start, count, expires_at)
+         SELECT 'b' || g, '2026-11-23T00:00:00Z', 1,
+                CASE WHEN g % 2 = 0 THEN timestamptz '2026-11-24T01:00:00Z'
+                     ELSE timestamptz '2026-11-24T03:00:00Z' END
+           FROM generate_series(1, 25001) g;
+         INSERT INTO idempotency_records (owner, idempotency_key, route, fingerprint, expires_at)
+         VALUES ('o', 'old', 'POST /x', '\\x00', '2026-11-23T02:00:00Z'),
+                ('o', 'new', 'POST /x', '\\x00', '2026-11-25T02:00:00Z');",
+    )
+    .await
+    .unwrap();
+    let purged = jobs::purge_expired(&s.ctx, now).await.unwrap();
+    assert_eq!(purged.rate_limit_windows, 12_500);
+    assert_eq!(purged.idempotency_records, 1);
+    let left: Vec<(i64, i64)> = c
+        .query(
+            "SELECT (SELECT count(*) FROM rate_limit_windows WHERE expires_at > $1),
+                    (SELECT count(*) FROM rate_limit_windows)",
+            &[&now],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(left, [(12_501, 12_501)]);
+    let keys: Vec<String> = c
+        .query("SELECT idempotency_key FROM idempotency_records", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, ["new"]);
+    // Nothing left to purge: a second run deletes nothing.
+    let again = jobs::purge_expired(&s.ctx, now).await.unwrap();
+    assert_eq!(again, jobs::Purged::default());
 }

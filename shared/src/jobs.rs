@@ -436,8 +436,65 @@ fn startup(function: &'static str) -> Result<Config, lambda_runtime::Error> {
     Ok(config)
 }
 
+/// Rows deleted per statement by [`purge_expired`], so a large backlog never
+/// holds locks or builds one huge transaction.
+const PURGE_BATCH: i64 = 10_000;
+
+/// What [`purge_expired`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    pub rate_limit_windows: u64,
+    pub idempotency_records: u64,
+}
+
+/// Housekeeping: deletes rate-limit windows and Idempotency-Key records
+/// that expired before `now` (both are only ever read unexpired), in
+/// batches. Run with the nightly seal (the cron function and `ledgerline
+/// serve`); safe to run at any time and concurrently.
+pub async fn purge_expired(ctx: &AppContext, now: DateTime<Utc>) -> ApiResult<Purged> {
+    let client = ctx.db().await?;
+    let mut purged = Purged::default();
+    for (table, count) in [
+        ("rate_limit_windows", &mut purged.rate_limit_windows),
+        ("idempotency_records", &mut purged.idempotency_records),
+    ] {
+        let sql = format!(
+            "DELETE FROM {table} WHERE ctid IN
+               (SELECT ctid FROM {table} WHERE expires_at < $1 LIMIT $2)"
+        );
+        loop {
+            let n = client.execute(&sql, &[&now, &PURGE_BATCH]).await?;
+            *count += n;
+            if n < PURGE_BATCH as u64 {
+                break;
+            }
+        }
+    }
+    Ok(purged)
+}
+
+/// Runs [`purge_expired`] and logs the outcome; a failure never fails the
+/// caller (the seal fan-out is what the schedule is for).
+pub async fn housekeeping(ctx: &AppContext) -> Option<Purged> {
+    match purge_expired(ctx, ctx.clock.now()).await {
+        Ok(p) => {
+            tracing::info!(
+                rate_limit_windows = p.rate_limit_windows,
+                idempotency_records = p.idempotency_records,
+                "purged expired records"
+            );
+            Some(p)
+        }
+        Err(e) => {
+            tracing::error!(error_id = %new_error_id(), error = %e, cause = ?e.cause,
+                "purging expired records failed; next try at the next run");
+            None
+        }
+    }
+}
+
 /// The `cron_ledger_roots` handler: any scheduler event triggers one
-/// fan-out (the event is only logged).
+/// fan-out (the event is only logged), then the housekeeping purge.
 pub async fn handle_cron_event(
     ctx: &AppContext,
     queue: &dyn Queue,
@@ -448,8 +505,12 @@ pub async fn handle_cron_event(
         execution_id = event["execution_id"].as_str().unwrap_or(""),
         "nightly seal fan-out"
     );
-    match fan_out_seals(ctx, queue).await {
-        Ok(f) => Ok(serde_json::json!({"through_day": f.through_day, "jobs": f.jobs})),
+    let fanned = fan_out_seals(ctx, queue).await;
+    let purged = housekeeping(ctx).await;
+    match fanned {
+        Ok(f) => {
+            Ok(serde_json::json!({"through_day": f.through_day, "jobs": f.jobs, "purged": purged}))
+        }
         Err(e) => {
             let error_id = new_error_id();
             tracing::error!(error_id = %error_id, error = %e, cause = ?e.cause, "fan-out failed");
@@ -549,6 +610,7 @@ pub async fn run_local(ctx: Arc<AppContext>, mut shutdown: tokio::sync::watch::R
                     tracing::error!(error_id = %new_error_id(), error = %e, cause = ?e.cause,
                         "nightly seal fan-out failed; next try at the next run");
                 }
+                housekeeping(&ctx).await;
                 let now = ctx.clock.now();
                 let wait = (next_nightly_run(now) - now)
                     .to_std()

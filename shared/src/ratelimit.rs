@@ -93,19 +93,6 @@ pub async fn check(
     })
 }
 
-/// Deletes windows that ended before `now`; run by the hourly housekeeping.
-pub async fn purge_expired(
-    client: &deadpool_postgres::Client,
-    now: DateTime<Utc>,
-) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute(
-            "DELETE FROM rate_limit_windows WHERE expires_at < $1",
-            &[&now],
-        )
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
