@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use ledgerline::accounts::{self, Actor, NewApiKey, NewOrg};
+use ledgerline::error::ApiError;
 
 pub struct FreshDb {
     pub name: String,
@@ -29,13 +30,6 @@ pub fn with_database(url: &str, db: &str) -> String {
     match query {
         Some(q) => format!("{host_part}/{db}?{q}"),
         None => format!("{host_part}/{db}"),
-    }
-}
-
-fn api_err(e: ledgerline::error::ApiError) -> anyhow::Error {
-    match e.cause {
-        Some(c) => c.context(e.message),
-        None => anyhow::anyhow!("{}: {}", e.code, e.message),
     }
 }
 
@@ -95,7 +89,7 @@ impl FreshDb {
             &actor,
         )
         .await
-        .map_err(api_err)?;
+        .map_err(ApiError::into_anyhow)?;
         let (key, _) = accounts::create_org_key(
             &tx,
             org.id,
@@ -108,7 +102,7 @@ impl FreshDb {
             &actor,
         )
         .await
-        .map_err(api_err)?;
+        .map_err(ApiError::into_anyhow)?;
         tx.commit().await?;
         ledgerline::ledger::events::sequence_pending(
             &**client,
@@ -116,7 +110,7 @@ impl FreshDb {
             ledgerline::clock::Clock::now(&ledgerline::clock::SystemClock),
         )
         .await
-        .map_err(api_err)?;
+        .map_err(ApiError::into_anyhow)?;
         Ok(key.key)
     }
 

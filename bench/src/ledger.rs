@@ -16,6 +16,7 @@ use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 use ledgerline::accounts::{self, Actor, NewOrg};
 use ledgerline::config::Config;
 use ledgerline::context::AppContext;
+use ledgerline::error::ApiError;
 use ledgerline::ledger::events::{self, NewEvent, GENESIS_PREV_HASH};
 use ledgerline::ledger::merkle::{self, CompactRange};
 use ledgerline::ledger::seal;
@@ -48,13 +49,6 @@ pub const MERKLE_TARGET: f64 = 0.8;
 /// when reading it back (the seal's own fetch size).
 const LOAD_CHUNK: usize = 20_000;
 const FETCH_ROWS: i32 = 16_384;
-
-fn api_err(e: ledgerline::error::ApiError) -> anyhow::Error {
-    match e.cause {
-        Some(c) => c.context(e.message),
-        None => anyhow::anyhow!("{}: {}", e.code, e.message),
-    }
-}
 
 pub async fn run(database_url: &str, s: &Settings) -> anyhow::Result<Value> {
     anyhow::ensure!(s.writers > 0, "--ledger-writers must be at least 1");
@@ -98,11 +92,11 @@ async fn new_org(ctx: &AppContext, name: &str) -> anyhow::Result<Uuid> {
         &actor,
     )
     .await
-    .map_err(api_err)?;
+    .map_err(ApiError::into_anyhow)?;
     tx.commit().await?;
     events::sequence_pending(&**client, org.id, Utc::now())
         .await
-        .map_err(api_err)?;
+        .map_err(ApiError::into_anyhow)?;
     Ok(org.id)
 }
 
@@ -185,11 +179,13 @@ async fn write_once(
         }
         Kind::Ledger => {
             let tx = client.transaction().await?;
-            let pending = events::append(&tx, org, ev).await.map_err(api_err)?;
+            let pending = events::append(&tx, org, ev)
+                .await
+                .map_err(ApiError::into_anyhow)?;
             tx.commit().await?;
             events::sequence(&***client, org, Utc::now(), pending)
                 .await
-                .map_err(api_err)?;
+                .map_err(ApiError::into_anyhow)?;
         }
     }
     Ok(())
@@ -310,7 +306,7 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
     loop {
         let page = events::list_events(&**c, org, after, 10_000)
             .await
-            .map_err(api_err)?;
+            .map_err(ApiError::into_anyhow)?;
         if page.is_empty() {
             break;
         }
@@ -511,7 +507,9 @@ async fn seal_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value> {
     eprintln!("seal: loading {} events on {day}", s.seal_events);
     load_day(ctx, org, day, s.seal_events).await?;
     // As in the worker, the key is loaded before the first job.
-    seal::checkpoint_signer(ctx).await.map_err(api_err)?;
+    seal::checkpoint_signer(ctx)
+        .await
+        .map_err(ApiError::into_anyhow)?;
 
     let mut reads = Vec::new();
     let mut seals = Vec::new();
@@ -530,7 +528,9 @@ async fn seal_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value> {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         before_kb.push(proc_kb("VmRSS:"));
         let t = Instant::now();
-        let report = seal::seal_day(ctx, org, day).await.map_err(api_err)?;
+        let report = seal::seal_day(ctx, org, day)
+            .await
+            .map_err(ApiError::into_anyhow)?;
         let took = t.elapsed();
         peaks_kb.push(proc_kb("VmHWM:"));
         seals.push(took.as_secs_f64() * 1e3);

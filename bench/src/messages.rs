@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use ledgerline::accounts::{self, Actor, NewApiKey, NewOrg};
 use ledgerline::config::Config;
 use ledgerline::context::AppContext;
+use ledgerline::error::ApiError;
 use ledgerline::http::pipeline::{Pipeline, Serve};
 use ledgerline::messages::delivery::{self, Delivery, Provider, WebhookProvider};
 use ledgerline::messages::projects::{self, LimitsPatch, NewProject};
@@ -93,13 +94,6 @@ async fn receiver(latency: Duration) -> anyhow::Result<Receiver> {
     Ok(Receiver { url, count, task })
 }
 
-fn api_err(e: ledgerline::error::ApiError) -> anyhow::Error {
-    match e.cause {
-        Some(c) => c.context(e.message),
-        None => anyhow::anyhow!("{}: {}", e.code, e.message),
-    }
-}
-
 struct Setup {
     ctx: Arc<AppContext>,
     project_id: uuid::Uuid,
@@ -130,7 +124,7 @@ async fn setup(database_url: &str, endpoint: &str, batch_size: usize) -> anyhow:
         &actor,
     )
     .await
-    .map_err(api_err)?;
+    .map_err(ApiError::into_anyhow)?;
     let (created, _) = projects::create_project(
         &tx,
         &NewProject {
@@ -143,7 +137,7 @@ async fn setup(database_url: &str, endpoint: &str, batch_size: usize) -> anyhow:
         &actor,
     )
     .await
-    .map_err(api_err)?;
+    .map_err(ApiError::into_anyhow)?;
     let project_id = created.project.id;
     projects::set_limits(
         &tx,
@@ -156,7 +150,7 @@ async fn setup(database_url: &str, endpoint: &str, batch_size: usize) -> anyhow:
         &actor,
     )
     .await
-    .map_err(api_err)?;
+    .map_err(ApiError::into_anyhow)?;
     let (key, _) = accounts::create_org_key(
         &tx,
         org.id,
@@ -169,11 +163,11 @@ async fn setup(database_url: &str, endpoint: &str, batch_size: usize) -> anyhow:
         &actor,
     )
     .await
-    .map_err(api_err)?;
+    .map_err(ApiError::into_anyhow)?;
     tx.commit().await?;
     ledgerline::ledger::events::sequence_pending(&**client, org.id, ctx.clock.now())
         .await
-        .map_err(api_err)?;
+        .map_err(ApiError::into_anyhow)?;
     Ok(Setup {
         ctx,
         project_id,
@@ -229,7 +223,7 @@ async fn setup_project_only(base: &Setup, endpoint: &str) -> anyhow::Result<Setu
     let mut client = ctx.pool.get().await?;
     let org_id = projects::get_project(&**client, base.project_id)
         .await
-        .map_err(api_err)?
+        .map_err(ApiError::into_anyhow)?
         .org_id;
     let tx = client.transaction().await?;
     let (created, _) = projects::create_project(
@@ -244,11 +238,11 @@ async fn setup_project_only(base: &Setup, endpoint: &str) -> anyhow::Result<Setu
         &actor,
     )
     .await
-    .map_err(api_err)?;
+    .map_err(ApiError::into_anyhow)?;
     tx.commit().await?;
     ledgerline::ledger::events::sequence_pending(&**client, org_id, ctx.clock.now())
         .await
-        .map_err(api_err)?;
+        .map_err(ApiError::into_anyhow)?;
     Ok(Setup {
         ctx: ctx.clone(),
         project_id: created.project.id,
@@ -359,7 +353,7 @@ async fn delivery_phase(
             for i in 0..count {
                 store::send_message(&ctx, project, &sample_message(i), None, &actor)
                     .await
-                    .map_err(api_err)?;
+                    .map_err(ApiError::into_anyhow)?;
             }
             let accept_elapsed = accept_started.elapsed();
             let before = delivered(&ctx).await?;

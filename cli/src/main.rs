@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use ledgerline::accounts::{self, Actor, NewApiKey, NewOrg, NewUser};
 use ledgerline::config::Config;
 use ledgerline::context::AppContext;
+use ledgerline::error::ApiError;
 use ledgerline::http::pipeline::{Pipeline, Serve};
 use ledgerline::ledger::seal;
 use std::process::ExitCode;
@@ -107,7 +108,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ctx = AppContext::new(config)?;
             // Load (or generate once, into the data dir) the checkpoint key
             // now, so a bad key stops the server at start-up.
-            let signer = seal::checkpoint_signer(&ctx).await.map_err(api_err)?;
+            let signer = seal::checkpoint_signer(&ctx)
+                .await
+                .map_err(ApiError::into_anyhow)?;
             tracing::info!(verifier_key = %signer.verifier_key(), "checkpoint key");
             let pipeline = Arc::new(Pipeline::new(ctx.clone(), Serve::All));
             let listener = tokio::net::TcpListener::bind(&addr)
@@ -195,7 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &actor,
             )
             .await
-            .map_err(api_err)?;
+            .map_err(ApiError::into_anyhow)?;
             let (user, _) = accounts::create_user(
                 &tx,
                 org.id,
@@ -207,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &actor,
             )
             .await
-            .map_err(api_err)?;
+            .map_err(ApiError::into_anyhow)?;
             let (org_key, _) = accounts::create_org_key(
                 &tx,
                 org.id,
@@ -220,14 +223,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &actor,
             )
             .await
-            .map_err(api_err)?;
+            .map_err(ApiError::into_anyhow)?;
             let op_key = accounts::create_operator_key(&*tx, "bootstrap operator key", &actor)
                 .await
-                .map_err(api_err)?;
+                .map_err(ApiError::into_anyhow)?;
             tx.commit().await?;
             ledgerline::ledger::events::sequence_pending(&**client, org.id, ctx.clock.now())
                 .await
-                .map_err(api_err)?;
+                .map_err(ApiError::into_anyhow)?;
             if json {
                 println!(
                     "{}",
@@ -283,13 +286,6 @@ async fn seal_command(day: &str, org: Option<&str>, json: bool) -> anyhow::Resul
 
 fn hex_str(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn api_err(e: ledgerline::error::ApiError) -> anyhow::Error {
-    match e.cause {
-        Some(c) => c.context(e.message),
-        None => anyhow::anyhow!("{}: {}", e.code, e.message),
-    }
 }
 
 fn uuid_like() -> String {

@@ -87,6 +87,23 @@ impl ApiError {
         )
     }
 
+    /// A list's `after` that no previous page could have returned.
+    pub fn invalid_cursor() -> Self {
+        Self::bad_request(
+            "invalid_cursor",
+            "'after' must be a cursor from a previous page",
+        )
+    }
+
+    /// This error as an anyhow error for command-line and benchmark use:
+    /// the internal cause kept, with the message as its context.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self.cause {
+            Some(c) => c.context(self.message),
+            None => anyhow::anyhow!("{}: {}", self.code, self.message),
+        }
+    }
+
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -553,12 +553,7 @@ pub async fn list_evidence(
                 &[&id, &org_id],
             )
             .await?
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_cursor",
-                    "'after' must be a cursor from a previous page",
-                )
-            })?
+            .ok_or_else(ApiError::invalid_cursor)?
             .get(0),
         ),
     };

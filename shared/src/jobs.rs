@@ -392,10 +392,10 @@ pub async fn manual_seal(
     let orgs = match org {
         Some(o) => vec![o],
         None => {
-            let db = ctx.db().await.map_err(api_error)?;
+            let db = ctx.db().await.map_err(ApiError::into_anyhow)?;
             seal::orgs_with_events_on(&**db, parsed)
                 .await
-                .map_err(api_error)?
+                .map_err(ApiError::into_anyhow)?
         }
     };
     let mut reports = Vec::with_capacity(orgs.len());
@@ -403,18 +403,10 @@ pub async fn manual_seal(
         reports.push(
             seal::seal_day(ctx, org, parsed)
                 .await
-                .map_err(|e| api_error(e).context(format!("sealing org {org}")))?,
+                .map_err(|e| e.into_anyhow().context(format!("sealing org {org}")))?,
         );
     }
     Ok(reports)
-}
-
-/// An ApiError as an anyhow error for command-line use (the cause kept).
-fn api_error(e: ApiError) -> anyhow::Error {
-    match e.cause {
-        Some(c) => c.context(e.message),
-        None => anyhow::anyhow!("{}: {}", e.code, e.message),
-    }
 }
 
 // ---------------------------------------------------------------------------

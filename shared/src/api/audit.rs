@@ -4,23 +4,15 @@ use crate::audit::{self, AuditFilter};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{ApiResponse, Call};
-use serde_json::json;
 use std::sync::Arc;
 
 pub async fn list_audit_events(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let page = call.page(50, 200)?;
-    let after = page
-        .after
-        .as_deref()
-        .map(|a| {
-            a.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_cursor",
-                    "'after' must be a cursor from a previous page",
-                )
-            })
-        })
-        .transpose()?;
+    // Audit ids start at 1.
+    let after: Option<i64> = page.after_as()?;
+    if after.is_some_and(|n| n <= 0) {
+        return Err(ApiError::invalid_cursor());
+    }
     let filter = AuditFilter {
         target_type: call.query("target_type").filter(|s| !s.is_empty()),
         target_id: call.query("target_id").filter(|s| !s.is_empty()),
@@ -30,14 +22,6 @@ pub async fn list_audit_events(ctx: Arc<AppContext>, call: Call) -> ApiResult<Ap
     };
     let db = ctx.db().await?;
     let (rows, has_more) = audit::list(&**db, &filter).await?;
-    let next = if has_more {
-        rows.last().map(|r| r.id.to_string())
-    } else {
-        None
-    };
-    Ok(ApiResponse::ok(&json!({
-        "data": rows,
-        "has_more": has_more,
-        "next_cursor": next,
-    })))
+    let next = rows.last().filter(|_| has_more).map(|r| r.id.to_string());
+    Ok(ApiResponse::page(&rows, next))
 }

@@ -77,30 +77,11 @@ pub async fn upload(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> 
 pub async fn list(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let org = call.principal()?.org()?;
     let page = call.page(50, 200)?;
-    let after = page
-        .after
-        .as_deref()
-        .map(|a| {
-            Uuid::try_parse(a).map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_cursor",
-                    "'after' must be a cursor from a previous page",
-                )
-            })
-        })
-        .transpose()?;
+    let after: Option<Uuid> = page.after_as()?;
     let db = ctx.db().await?;
     let (items, has_more) = evidence::list_evidence(&**db, org, after, page.limit).await?;
-    let next = if has_more {
-        items.last().map(|e| e.evidence_id)
-    } else {
-        None
-    };
-    Ok(ApiResponse::ok(&json!({
-        "data": items,
-        "has_more": has_more,
-        "next_cursor": next,
-    })))
+    let next = items.last().filter(|_| has_more).map(|e| e.evidence_id);
+    Ok(ApiResponse::page(&items, next))
 }
 
 /// `GET /api/evidence/{id}`: metadata and a short-lived download link.

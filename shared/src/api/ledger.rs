@@ -44,16 +44,9 @@ pub async fn list_events(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespo
     let mut evs = events::list_events(&**db, org, after, page.limit + 1).await?;
     let has_more = evs.len() as i64 > page.limit;
     evs.truncate(page.limit as usize);
-    let next = if has_more {
-        evs.last().map(|e| e.seq.to_string())
-    } else {
-        None
-    };
-    Ok(ApiResponse::ok(&json!({
-        "data": evs.iter().map(event_json).collect::<Vec<_>>(),
-        "has_more": has_more,
-        "next_cursor": next,
-    })))
+    let next = evs.last().filter(|_| has_more).map(|e| e.seq.to_string());
+    let data: Vec<_> = evs.iter().map(event_json).collect();
+    Ok(ApiResponse::page(&data, next))
 }
 
 pub async fn get_event(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {

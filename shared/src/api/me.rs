@@ -1,6 +1,6 @@
 use crate::accounts;
 use crate::context::AppContext;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
 use serde_json::json;
 use std::sync::Arc;
@@ -26,30 +26,11 @@ pub async fn me(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
 pub async fn list_api_keys(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let org = call.principal()?.org()?;
     let page = call.page(50, 200)?;
-    let after = page
-        .after
-        .as_deref()
-        .map(|a| {
-            Uuid::try_parse(a).map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_cursor",
-                    "'after' must be a cursor from a previous page",
-                )
-            })
-        })
-        .transpose()?;
+    let after: Option<Uuid> = page.after_as()?;
     let db = ctx.db().await?;
     let (keys, has_more) = accounts::list_org_keys(&**db, org, after, page.limit).await?;
-    let next = if has_more {
-        keys.last().map(|k| k.id)
-    } else {
-        None
-    };
-    Ok(ApiResponse::ok(&json!({
-        "data": keys,
-        "has_more": has_more,
-        "next_cursor": next,
-    })))
+    let next = keys.last().filter(|_| has_more).map(|k| k.id);
+    Ok(ApiResponse::page(&keys, next))
 }
 
 pub async fn get_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {

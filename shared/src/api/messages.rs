@@ -3,29 +3,16 @@
 
 use crate::accounts::Actor;
 use crate::context::AppContext;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
 use crate::messages::projects::project_key_needed;
 use crate::messages::store::{self, NewMessage};
 use http::StatusCode;
-use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
 
 fn project(call: &Call) -> ApiResult<Uuid> {
     call.principal()?.project_id.ok_or_else(project_key_needed)
-}
-
-fn cursor<T: std::str::FromStr>(raw: Option<&str>) -> ApiResult<Option<T>> {
-    raw.map(|a| {
-        a.parse::<T>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "'after' must be a cursor from a previous page",
-            )
-        })
-    })
-    .transpose()
 }
 
 /// `POST /v1/messages` → 202 `{"id", "status": "queued", …}`.
@@ -54,38 +41,22 @@ pub async fn get(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
 pub async fn list(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let project_id = project(&call)?;
     let page = call.page(50, 200)?;
-    let after: Option<Uuid> = cursor(page.after.as_deref())?;
+    let after: Option<Uuid> = page.after_as()?;
     let status = call.query("status").filter(|s| !s.is_empty());
     let db = ctx.db().await?;
     let (messages, has_more) =
         store::list_messages(&**db, project_id, status.as_deref(), after, page.limit).await?;
-    let next = if has_more {
-        messages.last().map(|m| m.id)
-    } else {
-        None
-    };
-    Ok(ApiResponse::ok(&json!({
-        "data": messages,
-        "has_more": has_more,
-        "next_cursor": next,
-    })))
+    let next = messages.last().filter(|_| has_more).map(|m| m.id);
+    Ok(ApiResponse::page(&messages, next))
 }
 
 pub async fn events(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let project_id = project(&call)?;
     let id = call.param_uuid("id")?;
     let page = call.page(100, 500)?;
-    let after: Option<i64> = cursor(page.after.as_deref())?;
+    let after: Option<i64> = page.after_as()?;
     let db = ctx.db().await?;
     let (events, has_more) = store::list_events(&**db, project_id, id, after, page.limit).await?;
-    let next = if has_more {
-        events.last().map(|e| e.id.to_string())
-    } else {
-        None
-    };
-    Ok(ApiResponse::ok(&json!({
-        "data": events,
-        "has_more": has_more,
-        "next_cursor": next,
-    })))
+    let next = events.last().filter(|_| has_more).map(|e| e.id.to_string());
+    Ok(ApiResponse::page(&events, next))
 }

@@ -90,16 +90,12 @@ pub async fn list_roots(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespon
     } else {
         current_verifier_key(&ctx).await
     };
-    let next = if has_more {
-        roots.last().map(|r| r.day.to_string())
-    } else {
-        None
-    };
-    Ok(ApiResponse::ok(&json!({
-        "data": roots.iter().map(|r| root_json(r, vkey.as_deref())).collect::<Vec<_>>(),
-        "has_more": has_more,
-        "next_cursor": next,
-    })))
+    let next = roots.last().filter(|_| has_more).map(|r| r.day.to_string());
+    let data: Vec<_> = roots
+        .iter()
+        .map(|r| root_json(r, vkey.as_deref()))
+        .collect();
+    Ok(ApiResponse::page(&data, next))
 }
 
 pub async fn get_root(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {

@@ -74,6 +74,20 @@ impl ApiResponse {
         Self::json(StatusCode::OK, value)
     }
 
+    /// 200 with one page of a cursor list: `data`, `has_more`, and
+    /// `next_cursor` (the cursor of the page's last item, present exactly
+    /// when there is more).
+    pub fn page<T: Serialize + ?Sized>(
+        data: &T,
+        next_cursor: Option<impl Serialize>,
+    ) -> ApiResponse {
+        Self::ok(&serde_json::json!({
+            "data": data,
+            "has_more": next_cursor.is_some(),
+            "next_cursor": next_cursor,
+        }))
+    }
+
     pub fn created<T: Serialize + ?Sized>(value: &T) -> ApiResponse {
         Self::json(StatusCode::CREATED, value)
     }
@@ -158,6 +172,17 @@ impl Call {
 pub struct Page {
     pub limit: i64,
     pub after: Option<String>,
+}
+
+impl Page {
+    /// `after` parsed as the list's cursor type; 400 `invalid_cursor` when
+    /// it does not parse.
+    pub fn after_as<T: std::str::FromStr>(&self) -> ApiResult<Option<T>> {
+        self.after
+            .as_deref()
+            .map(|a| a.parse::<T>().map_err(|_| ApiError::invalid_cursor()))
+            .transpose()
+    }
 }
 
 impl Call {
