@@ -2,38 +2,12 @@
 //! find, and never a secret. One test per binary because the log subscriber
 //! is process-global.
 
-use ledgerline::logging::{init_with_writer, Format};
-use ledgerline_tests::{assert_error, TestServer};
+use ledgerline_tests::{assert_error, LogCapture, TestServer};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let c = Capture::default();
-        let writer = c.clone();
-        init_with_writer(Format::Json, move || writer.clone());
-        c
-    })
-}
 
 #[tokio::test]
 async fn logs_carry_ids_and_never_secrets() {
-    let cap = capture();
+    let cap = LogCapture::get();
     let s = TestServer::start().await;
     let op = s.seed.operator_key.clone();
 
@@ -112,7 +86,7 @@ async fn logs_carry_ids_and_never_secrets() {
     let error_id = err["error_id"].as_str().unwrap().to_string();
 
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let text = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+    let text = cap.text();
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))

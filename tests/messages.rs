@@ -11,17 +11,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use ledgerline::clock::Clock;
-use ledgerline::logging::{init_with_writer, Format};
 use ledgerline::messages::delivery::{self, Disposition, Step, WebhookProvider};
 use ledgerline::messages::webhook::SigningSecret;
 use ledgerline::messages::worker::MessageWorker;
 use ledgerline::messages::QueueJob;
-use ledgerline_tests::{assert_error, TestServer};
+use ledgerline_tests::{assert_error, LogCapture, TestServer};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -29,34 +27,12 @@ use uuid::Uuid;
 // Logs (one capture per test binary: the subscriber is process-global)
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let c = Capture::default();
-        let writer = c.clone();
-        init_with_writer(Format::Json, move || writer.clone());
-        c
-    })
+fn logs() -> &'static LogCapture {
+    LogCapture::get()
 }
 
 fn log_lines() -> Vec<String> {
-    String::from_utf8_lossy(&logs().0.lock().unwrap())
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    logs().lines()
 }
 
 // ---------------------------------------------------------------------------
