@@ -4,7 +4,7 @@
 
 use ledgerline::clock::Clock;
 use ledgerline::ledger::events::{
-    self, append, sequence_committed, verify_org_chain, ChainStatus, NewEvent, GENESIS_PREV_HASH,
+    self, append, settle, verify_org_chain, ChainStatus, NewEvent, GENESIS_PREV_HASH,
 };
 use ledgerline_tests::{assert_error, TestServer};
 use serde_json::{json, Value};
@@ -12,15 +12,14 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 async fn append_one(s: &TestServer, org: Uuid, n: usize) -> u64 {
-    let p = commit_pending(s, org, n).await;
+    let p = commit_event(s, org, n).await;
     let c = s.db.pool.get().await.unwrap();
-    sequence_committed(&**c, org, s.clock.now(), p)
-        .await
-        .unwrap()
+    settle(&**c, p).await.unwrap().0
 }
 
-/// Inserts and commits a pending event without sequencing it.
-async fn commit_pending(s: &TestServer, org: Uuid, n: usize) -> events::Pending {
+/// Appends an event in a transaction of its own and commits it (which
+/// sequences it), without settling.
+async fn commit_event(s: &TestServer, org: Uuid, n: usize) -> events::Pending {
     let mut c = s.db.pool.get().await.unwrap();
     let tx = c.transaction().await.unwrap();
     let p = append(
@@ -33,6 +32,7 @@ async fn commit_pending(s: &TestServer, org: Uuid, n: usize) -> events::Pending 
             request_id: format!("req-{n}"),
             payload: json!({"n": n, "text": "ünïcödé ✓"}),
         },
+        s.clock.now(),
     )
     .await
     .unwrap();
@@ -204,6 +204,7 @@ async fn a_rolled_back_change_leaves_no_event_and_consumes_no_seq() {
                 request_id: String::new(),
                 payload: json!({}),
             },
+            s.clock.now(),
         )
         .await
         .unwrap();
@@ -232,13 +233,15 @@ async fn a_rolled_back_change_leaves_no_event_and_consumes_no_seq() {
     assert_eq!(head(&s, org).await, before + 2);
 }
 
+/// A writer that dies right after its COMMIT (before settling) leaves its
+/// event sequenced all the same: the commit itself sequences it.
 #[tokio::test]
-async fn an_event_left_pending_by_a_crash_is_sequenced_by_the_next_writer() {
+async fn an_event_committed_by_a_writer_that_then_dies_already_has_its_seq() {
     let s = TestServer::start().await;
     let org = org_id(&s);
     let before = head(&s, org).await;
     {
-        // Commit, then "die" before sequencing.
+        // Commit, then "die" before settling.
         let mut c = s.db.pool.get().await.unwrap();
         let tx = c.transaction().await.unwrap();
         append(
@@ -251,17 +254,17 @@ async fn an_event_left_pending_by_a_crash_is_sequenced_by_the_next_writer() {
                 request_id: String::new(),
                 payload: json!({"orphan": true}),
             },
+            s.clock.now(),
         )
         .await
         .unwrap();
         tx.commit().await.unwrap();
     }
-    let seq = append_one(&s, org, 2).await;
-    assert_eq!(seq, before + 2, "the orphan went first, in arrival order");
     let c = s.db.pool.get().await.unwrap();
     let orphan = events::get_event(&**c, org, before + 1).await.unwrap();
     assert_eq!(orphan.event_type, "test.orphaned");
-    assert_eq!(head(&s, org).await, before + 2);
+    assert_eq!(head(&s, org).await, before + 1);
+    assert_eq!(append_one(&s, org, 2).await, before + 2);
 }
 
 #[tokio::test]
@@ -434,70 +437,72 @@ async fn events_are_served_per_organisation_with_hex_hashes() {
     .await;
 }
 
-/// Sequences `p` on a connection of its own, in the background.
-fn spawn_sequence(
-    s: &TestServer,
-    org: Uuid,
-    p: events::Pending,
-) -> tokio::task::JoinHandle<(u64, events::Hash)> {
+/// Appends, commits and settles event `n` on a connection of its own, in
+/// the background.
+fn spawn_append(s: &TestServer, org: Uuid, n: usize) -> tokio::task::JoinHandle<u64> {
     let pool = s.db.pool.clone();
     let now = s.clock.now();
     tokio::spawn(async move {
-        let c = pool.get().await.unwrap();
-        events::sequence(&**c, org, now, p).await.unwrap()
+        let mut c = pool.get().await.unwrap();
+        let tx = c.transaction().await.unwrap();
+        let p = append(
+            &tx,
+            org,
+            &NewEvent {
+                event_type: "test.appended",
+                subject: format!("n:{n}"),
+                actor: "test".into(),
+                request_id: String::new(),
+                payload: json!({"n": n}),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        settle(&**c, p).await.unwrap().0
     })
 }
 
-/// Group sequencing: a writer that finds the organisation's sequencing lock
-/// taken waits for it, and finds its event either in that batch or, if it
-/// committed after the batch was read, sequences it in the next. Either way
-/// the chain stays gapless and verifies.
+/// Sequencing at commit: a commit that appended an event waits while the
+/// organisation's head row is locked (by another commit sequencing), and
+/// then takes the next seq from the head that one left; another
+/// organisation's commits never wait for it. The SQL encoding (used by the
+/// sequencer) gives the Rust encoding's bytes.
 #[tokio::test]
-async fn a_writer_waits_for_the_running_batch_or_queues_for_the_next() {
+async fn a_commit_waits_for_its_organisations_head_and_no_other() {
     let s = TestServer::start().await;
     let org = org_id(&s);
+    let (other, _, _) = s.new_org("Other").await;
+    let other = Uuid::parse_str(&other).unwrap();
     let before = head(&s, org).await;
-    let lock =
-        "SELECT pg_advisory_xact_lock(hashtextextended('ledgerline.ledger:' || $1::uuid::text, 0))";
+    let other_before = head(&s, other).await;
 
-    // 1. Someone holds the lock and sequences a batch that includes our event.
-    let p = commit_pending(&s, org, 1).await;
+    // Someone holds the head row, as a commit does while it sequences.
     let mut holder = s.db.pool.get().await.unwrap();
     let tx = holder.transaction().await.unwrap();
-    tx.execute(lock, &[&org]).await.unwrap();
-    let waiter = spawn_sequence(&s, org, p);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !waiter.is_finished(),
-        "the writer must wait for the running batch"
-    );
     tx.execute(
-        "SELECT count(*) FROM ledger_sequence($1, $2, NULL)",
-        &[&org, &s.clock.now()],
+        "SELECT 1 FROM ledger_heads WHERE org_id = $1 FOR UPDATE",
+        &[&org],
     )
     .await
     .unwrap();
-    tx.commit().await.unwrap();
-    let (seq, _) = waiter.await.unwrap();
-    assert_eq!(seq, before + 1);
-
-    // 2. The lock holder sequences nothing (its batch was read before the
-    //    event committed): the writer runs the next batch itself.
-    let tx = holder.transaction().await.unwrap();
-    tx.execute(lock, &[&org]).await.unwrap();
-    let p = commit_pending(&s, org, 2).await;
-    let waiter = spawn_sequence(&s, org, p);
+    let waiter = spawn_append(&s, org, 1);
+    // The other organisation is not held up.
+    let elsewhere = spawn_append(&s, other, 1);
+    assert_eq!(elsewhere.await.unwrap(), other_before + 1);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished());
+    assert!(
+        !waiter.is_finished(),
+        "the commit must wait for the organisation's head"
+    );
     tx.commit().await.unwrap();
-    let (seq, hash) = waiter.await.unwrap();
-    assert_eq!(seq, before + 2);
-    assert_eq!(head(&s, org).await, before + 2);
+    let seq = waiter.await.unwrap();
+    assert_eq!(seq, before + 1);
+    assert_eq!(head(&s, org).await, before + 1);
+
     let c = s.db.pool.get().await.unwrap();
     let ev = events::get_event(&**c, org, seq).await.unwrap();
-    assert_eq!(ev.hash, hash);
-    // The SQL encoding (ledger_canonical, used by the sequencer) gives the
-    // Rust encoding's bytes (head() above checked every stored hash too).
     let sql_bytes: Vec<u8> = c
         .query_one(
             "SELECT ledger_canonical(seq, prev_hash, org_id, recorded_at, event_type,
@@ -509,4 +514,54 @@ async fn a_writer_waits_for_the_running_batch_or_queues_for_the_next() {
         .unwrap()
         .get(0);
     assert_eq!(sql_bytes, ev.canonical_bytes());
+}
+
+/// Migrating to sequencing at commit (V6) sequences whatever the old
+/// after-commit sequencer (V3) had left pending, in arrival order, after
+/// the events already in the log.
+#[tokio::test]
+async fn the_v6_migration_sequences_events_left_pending() {
+    let db = ledgerline_tests::test_db_at(Some(5)).await;
+    let org = Uuid::new_v4();
+    let c = db.pool.get().await.unwrap();
+    c.execute(
+        "INSERT INTO organizations (id, name) VALUES ($1, 'Old')",
+        &[&org],
+    )
+    .await
+    .unwrap();
+    for n in 1..=3 {
+        c.execute(
+            "INSERT INTO ledger_events (org_id, event_type, subject, payload)
+             VALUES ($1, 'test.old', $2, '{}')",
+            &[&org, &format!("n:{n}")],
+        )
+        .await
+        .unwrap();
+        if n == 1 {
+            // The old sequencer ran for the first one only.
+            c.execute(
+                "SELECT count(*) FROM ledger_sequence($1, now(), NULL)",
+                &[&org],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    drop(c);
+    ledgerline::db::migrate(&db.url).await.unwrap();
+    let c = db.pool.get().await.unwrap();
+    let pending: i64 = c
+        .query_one("SELECT count(*) FROM ledger_events WHERE seq IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0);
+    let evs = events::list_events(&**c, org, 0, 10).await.unwrap();
+    let subjects: Vec<&str> = evs.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(subjects, ["n:1", "n:2", "n:3"]);
+    assert!(matches!(
+        verify_org_chain(&**c, org).await.unwrap(),
+        ChainStatus::Intact { events: 3, .. }
+    ));
 }

@@ -12,7 +12,7 @@ use ledgerline::clock::Clock;
 use ledgerline::http::pipeline::{Pipeline, Serve};
 use ledgerline::jobs::{self, RootsWorker, SealJob};
 use ledgerline::ledger::checkpoint::verify_signed_note;
-use ledgerline::ledger::events::sequence_pending;
+use ledgerline::ledger::events::flush;
 use ledgerline::ledger::merkle::{self, Hash};
 use ledgerline::ledger::seal::{self, DayRoot};
 use ledgerline::queue::{PgQueue, Queue};
@@ -33,20 +33,20 @@ fn seed_org(s: &TestServer) -> Uuid {
     Uuid::parse_str(&s.seed.org_id).unwrap()
 }
 
-/// Appends `n` events to `org` at the clock's current time: inserted as
-/// pending in one statement (as `events::append` does, row by row), then
-/// sequenced by the real sequencer.
+/// Appends `n` events to `org` at the clock's current time, in one
+/// statement (as `events::append` does, row by row); its commit sequences
+/// them (the real sequencer, migrations/V6), and they are settled.
 async fn add_events(s: &TestServer, org: Uuid, n: i64) {
     let c = s.db.pool.get().await.unwrap();
     c.execute(
-        "INSERT INTO ledger_events (org_id, event_type, subject, payload)
-         SELECT $1, 'test.bulk', 'n:' || g, '{\"n\":' || g || '}'
+        "INSERT INTO ledger_events (org_id, event_type, subject, payload, recorded_at)
+         SELECT $1, 'test.bulk', 'n:' || g, '{\"n\":' || g || '}', $3
            FROM generate_series(1, $2::bigint) g",
-        &[&org, &n],
+        &[&org, &n, &s.clock.now()],
     )
     .await
     .unwrap();
-    sequence_pending(&**c, org, s.clock.now()).await.unwrap();
+    flush(&**c).await.unwrap();
 }
 
 /// The stored event hashes with seq in [from, to], in seq order.

@@ -79,6 +79,7 @@ impl FreshDb {
         let actor = Actor {
             key_id: None,
             request_id: "bench-bootstrap".into(),
+            at: chrono::Utc::now(),
         };
         let (org, _) = accounts::create_org(
             &tx,
@@ -104,13 +105,9 @@ impl FreshDb {
         .await
         .map_err(ApiError::into_anyhow)?;
         tx.commit().await?;
-        ledgerline::ledger::events::sequence_pending(
-            &**client,
-            org.id,
-            ledgerline::clock::Clock::now(&ledgerline::clock::SystemClock),
-        )
-        .await
-        .map_err(ApiError::into_anyhow)?;
+        ledgerline::ledger::events::flush(&**client)
+            .await
+            .map_err(ApiError::into_anyhow)?;
         Ok(key.key)
     }
 

@@ -82,6 +82,7 @@ async fn new_org(ctx: &AppContext, name: &str) -> anyhow::Result<Uuid> {
     let actor = Actor {
         key_id: None,
         request_id: "bench".into(),
+        at: Utc::now(),
     };
     let (org, _) = accounts::create_org(
         &tx,
@@ -94,7 +95,7 @@ async fn new_org(ctx: &AppContext, name: &str) -> anyhow::Result<Uuid> {
     .await
     .map_err(ApiError::into_anyhow)?;
     tx.commit().await?;
-    events::sequence_pending(&**client, org.id, Utc::now())
+    events::flush(&**client)
         .await
         .map_err(ApiError::into_anyhow)?;
     Ok(org.id)
@@ -104,11 +105,12 @@ async fn new_org(ctx: &AppContext, name: &str) -> anyhow::Result<Uuid> {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// One autocommitted single-row INSERT into a table without a chain.
+    /// One autocommitted single-row INSERT into a table without a chain
+    /// (a prepared statement: the fastest plain insert).
     Plain,
-    /// The product's append: BEGIN; `events::append`; COMMIT;
-    /// `events::sequence` (how every change worth auditing records its
-    /// event), its seq and hash returned.
+    /// The product's append: BEGIN; `events::append`; COMMIT (which
+    /// sequences the event); `events::settle` (how every change worth
+    /// auditing records its event), its seq and hash returned.
     Ledger,
     /// BEGIN; the plain INSERT; COMMIT: the same transaction shape without
     /// a chain, for context.
@@ -170,20 +172,22 @@ async fn write_once(
     ];
     match kind {
         Kind::Plain => {
-            client.execute(PLAIN_INSERT, &row).await?;
+            let insert = client.prepare_cached(PLAIN_INSERT).await?;
+            client.execute(&insert, &row).await?;
         }
         Kind::PlainInTx => {
+            let insert = client.prepare_cached(PLAIN_INSERT).await?;
             let tx = client.transaction().await?;
-            tx.execute(PLAIN_INSERT, &row).await?;
+            tx.execute(&insert, &row).await?;
             tx.commit().await?;
         }
         Kind::Ledger => {
             let tx = client.transaction().await?;
-            let pending = events::append(&tx, org, ev)
+            let pending = events::append(&tx, org, ev, Utc::now())
                 .await
                 .map_err(ApiError::into_anyhow)?;
             tx.commit().await?;
-            events::sequence(&***client, org, Utc::now(), pending)
+            events::settle(&***client, pending)
                 .await
                 .map_err(ApiError::into_anyhow)?;
         }
@@ -336,7 +340,7 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
     let r = ratio(rate(Kind::Ledger), rate(Kind::Plain));
     let r_tx = ratio(rate(Kind::Ledger), rate(Kind::PlainInTx));
     Ok(json!({
-        "method": "one organisation; each writer has its own connection and loops for the phase's duration; every write is durable (synchronous commit) before the next. plain_insert = one autocommitted single-row INSERT of the same row into a table without a chain (bigserial key, default time). ledger_append = the product's path: BEGIN; INSERT the pending event (events::append); COMMIT; then group sequencing (events::sequence → ledger_sequence, migrations/V3: under the organisation's lock, one batch for every event pending), its seq and hash returned. plain_insert_in_transaction = BEGIN; the plain INSERT; COMMIT (the same transaction shape without a chain, for context). Kinds run in turn, order reversed every other round; totals over all measured phases",
+        "method": "one organisation; each writer has its own connection and loops for the phase's duration; every write is durable before the next. plain_insert = one autocommitted single-row INSERT of the same row into a table without a chain (bigserial key, default time, foreign key to organizations), as a cached prepared statement. ledger_append = the product's path: BEGIN; INSERT the event (events::append); COMMIT, whose deferred trigger sequences it under the organisation's head-row lock and commits asynchronously (migrations/V6); then events::settle (ledger_settle: a synchronous commit that makes it durable) returns its seq and hash. plain_insert_in_transaction = BEGIN; the plain INSERT; COMMIT (the same transaction shape without a chain, for context). Kinds run in turn, order reversed every other round; totals over all measured phases",
         "writers": s.writers,
         "rounds": rounds,
         "plain_insert": figures(&totals[Kind::Plain as usize]),

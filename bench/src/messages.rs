@@ -112,6 +112,7 @@ async fn setup(database_url: &str, endpoint: &str, batch_size: usize) -> anyhow:
     let actor = Actor {
         key_id: None,
         request_id: "bench".into(),
+        at: chrono::Utc::now(),
     };
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
@@ -165,7 +166,7 @@ async fn setup(database_url: &str, endpoint: &str, batch_size: usize) -> anyhow:
     .await
     .map_err(ApiError::into_anyhow)?;
     tx.commit().await?;
-    ledgerline::ledger::events::sequence_pending(&**client, org.id, ctx.clock.now())
+    ledgerline::ledger::events::flush(&**client)
         .await
         .map_err(ApiError::into_anyhow)?;
     Ok(Setup {
@@ -218,6 +219,7 @@ async fn setup_project_only(base: &Setup, endpoint: &str) -> anyhow::Result<Setu
     let actor = Actor {
         key_id: None,
         request_id: "bench".into(),
+        at: chrono::Utc::now(),
     };
     let ctx = base.ctx.clone();
     let mut client = ctx.pool.get().await?;
@@ -240,7 +242,7 @@ async fn setup_project_only(base: &Setup, endpoint: &str) -> anyhow::Result<Setu
     .await
     .map_err(ApiError::into_anyhow)?;
     tx.commit().await?;
-    ledgerline::ledger::events::sequence_pending(&**client, org_id, ctx.clock.now())
+    ledgerline::ledger::events::flush(&**client)
         .await
         .map_err(ApiError::into_anyhow)?;
     Ok(Setup {
@@ -264,6 +266,7 @@ async fn delivery_phase(
     let actor = Actor {
         key_id: None,
         request_id: "bench".into(),
+        at: chrono::Utc::now(),
     };
 
     // Raw: what one process can push through the same client settings,

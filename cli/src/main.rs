@@ -187,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let actor = Actor {
                 key_id: None,
                 request_id: format!("bootstrap-{}", uuid_like()),
+                at: ctx.clock.now(),
             };
             let tx = client.transaction().await?;
             let (org, _) = accounts::create_org(
@@ -228,7 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(ApiError::into_anyhow)?;
             tx.commit().await?;
-            ledgerline::ledger::events::sequence_pending(&**client, org.id, ctx.clock.now())
+            ledgerline::ledger::events::flush(&**client)
                 .await
                 .map_err(ApiError::into_anyhow)?;
             if json {

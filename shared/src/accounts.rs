@@ -17,6 +17,9 @@ pub const PLAN_TIERS: [&str; 4] = ["starter", "pro", "business", "enterprise"];
 pub struct Actor {
     pub key_id: Option<Uuid>,
     pub request_id: String,
+    /// When the actor acted (the service's clock): the `recorded_at` its
+    /// ledger events ask for.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Actor {
@@ -161,6 +164,7 @@ pub async fn create_org(
             format!("org:{}", org.id),
             json!({"name": org.name, "plan_tier": org.plan_tier}),
         ),
+        actor.at,
     )
     .await?;
     Ok((org, pending))
@@ -211,6 +215,7 @@ pub async fn set_plan(
                     format!("org:{org_id}"),
                     json!({"from": old, "to": tier}),
                 ),
+                actor.at,
             )
             .await?,
         )
@@ -291,6 +296,7 @@ pub async fn create_user(
             format!("user:{}", user.id),
             json!({"email": user.email, "role": user.role}),
         ),
+        actor.at,
     )
     .await?;
     Ok((user, pending))
@@ -389,6 +395,7 @@ pub async fn create_org_key(
             json!({"name": issued.info.name, "scope": issued.info.scope,
                    "project_id": issued.info.project_id, "user_id": issued.info.user_id}),
         ),
+        actor.at,
     )
     .await?;
     Ok((issued, pending))
@@ -473,6 +480,7 @@ pub async fn revoke_key(
                     format!("api_key:{id}"),
                     json!({"name": info.name, "scope": info.scope}),
                 ),
+                actor.at,
             )
             .await?,
         ),

@@ -41,6 +41,12 @@ pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
 /// Applies every pending migration. Serialised with an advisory lock so two
 /// processes starting at once do not race.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
+    migrate_to(database_url, None).await
+}
+
+/// Applies migrations up to and including `version` (None: all of them);
+/// tests use it to check a migration against data left by older ones.
+pub async fn migrate_to(database_url: &str, version: Option<u32>) -> anyhow::Result<Vec<String>> {
     let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
         .context("connecting to the database (is DATABASE_URL right and the server up?)")?;
@@ -49,7 +55,11 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
         .execute("SELECT pg_advisory_lock(7384105)", &[])
         .await
         .context("taking the migration lock")?;
-    let report = embedded::migrations::runner()
+    let mut runner = embedded::migrations::runner();
+    if let Some(v) = version {
+        runner = runner.set_target(refinery::Target::Version(v));
+    }
+    let report = runner
         .run_async(&mut client)
         .await
         .context("applying migrations");

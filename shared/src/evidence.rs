@@ -18,7 +18,7 @@ use crate::accounts::Actor;
 use crate::blob::{presigned_put_headers, BlobError, PutOptions, DEFAULT_CONTENT_TYPE};
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
-use crate::ledger::events::{append, sequence_committed, NewEvent, Pending};
+use crate::ledger::events::{append, settle_committed, NewEvent, Pending};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::StatusCode;
@@ -325,7 +325,7 @@ impl Record<'_> {
         tx: &tokio_postgres::Transaction<'_>,
         actor: &Actor,
     ) -> ApiResult<Pending> {
-        let pending = append(tx, self.org_id, &self.event(actor)).await?;
+        let pending = append(tx, self.org_id, &self.event(actor), actor.at).await?;
         tx.execute(
             "INSERT INTO evidence (id, org_id, filename, content_type, size, sha256, blob_key,
                                    source, ledger_event_id, created_by, request_id, created_at)
@@ -464,7 +464,7 @@ pub async fn upload_evidence(
             }
         }
     };
-    let seq = sequence_committed(&**db, org_id, ctx.clock.now(), pending).await;
+    let seq = settle_committed(&**db, org_id, pending).await;
     tracing::info!(
         org_id = %org_id,
         evidence_id = %rec.evidence_id,
@@ -963,7 +963,7 @@ pub async fn complete_direct_upload(
     )
     .await?;
     tx.commit().await?;
-    let seq = sequence_committed(&**db, org_id, ctx.clock.now(), pending).await;
+    let seq = settle_committed(&**db, org_id, pending).await;
     tracing::info!(
         org_id = %org_id,
         evidence_id = %rec.evidence_id,

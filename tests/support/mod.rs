@@ -54,6 +54,11 @@ fn with_database(url: &str, db: &str) -> String {
 
 /// A new database with every migration applied, private to one test.
 pub async fn test_db() -> TestDb {
+    test_db_at(None).await
+}
+
+/// A new database migrated up to `version` (None: every migration).
+pub async fn test_db_at(version: Option<u32>) -> TestDb {
     let admin = admin_url();
     let name = format!("ll_test_{}", uuid::Uuid::new_v4().simple());
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
@@ -67,7 +72,7 @@ pub async fn test_db() -> TestDb {
     drop(client);
     let _ = conn.await;
     let url = with_database(&admin, &name);
-    ledgerline::db::migrate(&url)
+    ledgerline::db::migrate_to(&url, version)
         .await
         .expect("migrations apply");
     let pool = ledgerline::db::pool(&url, 8).expect("pool");
@@ -152,6 +157,7 @@ impl Seed {
                         &ledgerline::accounts::Actor {
                             key_id: None,
                             request_id: "test-seed".into(),
+                            at: own.clock.now(),
                         },
                         ledgerline::evidence::NewEvidence {
                             filename: "seed-evidence.json".into(),
@@ -202,6 +208,7 @@ async fn make_seed_project(ctx: Arc<AppContext>, org: uuid::Uuid) -> SeedProject
     let actor = Actor {
         key_id: None,
         request_id: "test-seed".into(),
+        at: own.clock.now(),
     };
     let mut client = own.pool.get().await.unwrap();
     let tx = client.transaction().await.unwrap();
@@ -233,9 +240,7 @@ async fn make_seed_project(ctx: Arc<AppContext>, org: uuid::Uuid) -> SeedProject
     .await
     .expect("issue the seed project key");
     tx.commit().await.unwrap();
-    ledgerline::ledger::events::sequence_pending(&**client, org, own.clock.now())
-        .await
-        .unwrap();
+    ledgerline::ledger::events::flush(&**client).await.unwrap();
     drop(client);
     let message: store::NewMessage = serde_json::from_value(json!({
         "recipient": "seed@example.com",
@@ -379,6 +384,7 @@ async fn seed(ctx: &Arc<AppContext>) -> Seed {
     let actor = Actor {
         key_id: None,
         request_id: "test-seed".into(),
+        at: ctx.clock.now(),
     };
     let (org, _) = accounts::create_org(
         &tx,
@@ -407,9 +413,7 @@ async fn seed(ctx: &Arc<AppContext>) -> Seed {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    ledgerline::ledger::events::sequence_pending(&**client, org.id, ctx.clock.now())
-        .await
-        .unwrap();
+    ledgerline::ledger::events::flush(&**client).await.unwrap();
     Seed {
         org_id: org.id.to_string(),
         org_key: key.key,

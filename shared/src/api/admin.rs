@@ -7,16 +7,17 @@ use crate::audit::{self, AuditEvent};
 use crate::context::AppContext;
 use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
-use crate::ledger::events::{sequence_committed, Pending};
+use crate::ledger::events::{settle_committed, Pending};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
 
-fn actor(call: &Call) -> Actor {
+fn actor(ctx: &AppContext, call: &Call) -> Actor {
     Actor {
         key_id: call.principal.as_ref().map(|p| p.key_id),
         request_id: call.request_id.clone(),
+        at: ctx.clock.now(),
     }
 }
 
@@ -30,13 +31,12 @@ fn with_seq<T: serde::Serialize>(value: &T, seq: Option<u64>) -> serde_json::Val
 }
 
 async fn sequenced(
-    ctx: &AppContext,
     db: &deadpool_postgres::Client,
     org: Uuid,
     pending: Option<Pending>,
 ) -> Option<u64> {
     match pending {
-        Some(p) => sequence_committed(&***db, org, ctx.clock.now(), p).await,
+        Some(p) => settle_committed(&***db, org, p).await,
         None => None,
     }
 }
@@ -45,14 +45,14 @@ pub async fn create_org(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespon
     let input: NewOrg = call.json()?;
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
-    let (org, pending) = accounts::create_org(&tx, &input, &actor(&call)).await?;
+    let (org, pending) = accounts::create_org(&tx, &input, &actor(&ctx, &call)).await?;
     tx.commit().await?;
-    let seq = sequenced(&ctx, &db, org.id, Some(pending)).await;
+    let seq = sequenced(&db, org.id, Some(pending)).await;
     drop(db);
     let details = json!({"name": org.name, "plan_tier": org.plan_tier});
     audit::record(
         &ctx,
-        &actor(&call),
+        &actor(&ctx, &call),
         AuditEvent::new("org.created", "org", org.id, details),
     )
     .await;
@@ -78,14 +78,14 @@ pub async fn set_plan(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
     let (org, previous, pending) =
-        accounts::set_plan(&tx, id, &input.plan_tier, &actor(&call)).await?;
+        accounts::set_plan(&tx, id, &input.plan_tier, &actor(&ctx, &call)).await?;
     tx.commit().await?;
-    let seq = sequenced(&ctx, &db, id, pending).await;
+    let seq = sequenced(&db, id, pending).await;
     drop(db);
     let details = json!({"from": previous, "to": org.plan_tier, "changed": pending.is_some()});
     audit::record(
         &ctx,
-        &actor(&call),
+        &actor(&ctx, &call),
         AuditEvent::new("org.plan_changed", "org", id, details),
     )
     .await;
@@ -99,14 +99,14 @@ pub async fn create_user(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespo
     let input: NewUser = call.json()?;
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
-    let (user, pending) = accounts::create_user(&tx, org, &input, &actor(&call)).await?;
+    let (user, pending) = accounts::create_user(&tx, org, &input, &actor(&ctx, &call)).await?;
     tx.commit().await?;
-    let seq = sequenced(&ctx, &db, org, Some(pending)).await;
+    let seq = sequenced(&db, org, Some(pending)).await;
     drop(db);
     let details = json!({"org_id": org, "email": user.email, "role": user.role});
     audit::record(
         &ctx,
-        &actor(&call),
+        &actor(&ctx, &call),
         AuditEvent::new("user.created", "user", user.id, details),
     )
     .await;
@@ -118,16 +118,16 @@ pub async fn create_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRe
     let input: NewApiKey = call.json()?;
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
-    let (issued, pending) = accounts::create_org_key(&tx, org, &input, &actor(&call)).await?;
+    let (issued, pending) = accounts::create_org_key(&tx, org, &input, &actor(&ctx, &call)).await?;
     tx.commit().await?;
-    let seq = sequenced(&ctx, &db, org, Some(pending)).await;
+    let seq = sequenced(&db, org, Some(pending)).await;
     drop(db);
     let i = &issued.info;
     let details = json!({"org_id": org, "name": i.name, "scope": i.scope,
                          "project_id": i.project_id, "user_id": i.user_id});
     audit::record(
         &ctx,
-        &actor(&call),
+        &actor(&ctx, &call),
         AuditEvent::new("api_key.created", "api_key", i.id, details),
     )
     .await;
@@ -138,10 +138,10 @@ pub async fn revoke_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRe
     let id = call.param_uuid("id")?;
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
-    let (info, pending) = accounts::revoke_key(&tx, id, &actor(&call)).await?;
+    let (info, pending) = accounts::revoke_key(&tx, id, &actor(&ctx, &call)).await?;
     tx.commit().await?;
     let seq = match info.org_id {
-        Some(org) => sequenced(&ctx, &db, org, pending).await,
+        Some(org) => sequenced(&db, org, pending).await,
         None => None,
     };
     drop(db);
@@ -149,7 +149,7 @@ pub async fn revoke_api_key(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRe
                          "already_revoked": pending.is_none()});
     audit::record(
         &ctx,
-        &actor(&call),
+        &actor(&ctx, &call),
         AuditEvent::new("api_key.revoked", "api_key", id, details),
     )
     .await;

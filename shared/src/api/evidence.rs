@@ -13,10 +13,11 @@ use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
 
-fn actor(call: &Call) -> Actor {
+fn actor(ctx: &AppContext, call: &Call) -> Actor {
     Actor {
         key_id: call.principal.as_ref().map(|p| p.key_id),
         request_id: call.request_id.clone(),
+        at: ctx.clock.now(),
     }
 }
 
@@ -60,7 +61,7 @@ pub async fn upload(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> 
     let stored = evidence::upload_evidence(
         &ctx,
         org,
-        &actor(&call),
+        &actor(&ctx, &call),
         NewEvidence {
             filename,
             content_type: content_type.map(str::to_owned),
@@ -142,7 +143,7 @@ pub async fn content(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse>
 pub async fn create_upload(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let org = call.principal()?.org()?;
     let input: NewDirectUpload = call.json()?;
-    let up = evidence::create_direct_upload(&ctx, org, &actor(&call), input).await?;
+    let up = evidence::create_direct_upload(&ctx, org, &actor(&ctx, &call), input).await?;
     Ok(ApiResponse::created(&up).with_header("cache-control", "no-store"))
 }
 
@@ -151,9 +152,10 @@ pub async fn create_upload(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRes
 pub async fn complete_upload(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let org = call.principal()?.org()?;
     let id = call.param_uuid("id")?;
-    let (status, ev) = match evidence::complete_direct_upload(&ctx, org, &actor(&call), id).await? {
-        Completed::New(ev) => (StatusCode::CREATED, ev),
-        Completed::Existing(ev) => (StatusCode::OK, ev),
-    };
+    let (status, ev) =
+        match evidence::complete_direct_upload(&ctx, org, &actor(&ctx, &call), id).await? {
+            Completed::New(ev) => (StatusCode::CREATED, ev),
+            Completed::Existing(ev) => (StatusCode::OK, ev),
+        };
     Ok(ApiResponse::json(status, &ev).with_header("location", &location(ev.evidence_id)))
 }

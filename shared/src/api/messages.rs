@@ -22,6 +22,7 @@ pub async fn send(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let actor = Actor {
         key_id: call.principal.as_ref().map(|p| p.key_id),
         request_id: call.request_id.clone(),
+        at: ctx.clock.now(),
     };
     let idem = call.req.header("idempotency-key");
     let accepted = store::send_message(&ctx, project_id, &input, idem, &actor).await?;

@@ -6,7 +6,7 @@ use crate::audit::{self, AuditEvent};
 use crate::context::AppContext;
 use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
-use crate::ledger::events::{sequence_committed, Pending};
+use crate::ledger::events::{settle_committed, Pending};
 use crate::messages::delivery;
 use crate::messages::projects::{self, LimitsPatch, NewProject};
 use serde::Deserialize;
@@ -14,17 +14,18 @@ use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
 
-fn actor(call: &Call) -> Actor {
+fn actor(ctx: &AppContext, call: &Call) -> Actor {
     Actor {
         key_id: call.principal.as_ref().map(|p| p.key_id),
         request_id: call.request_id.clone(),
+        at: ctx.clock.now(),
     }
 }
 
 async fn sequenced(ctx: &AppContext, org: Uuid, pending: Option<Pending>) -> Option<u64> {
     let p = pending?;
     let db = ctx.db().await.ok()?;
-    sequence_committed(&**db, org, ctx.clock.now(), p).await
+    settle_committed(&**db, org, p).await
 }
 
 fn with_seq(value: &impl serde::Serialize, seq: Option<u64>) -> serde_json::Value {
@@ -37,7 +38,7 @@ fn with_seq(value: &impl serde::Serialize, seq: Option<u64>) -> serde_json::Valu
 
 pub async fn create_project(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let input: NewProject = call.json()?;
-    let actor = actor(&call);
+    let actor = actor(&ctx, &call);
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
     let (created, pending) = projects::create_project(
@@ -71,7 +72,7 @@ pub async fn create_project(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRe
 
 async fn set_status(ctx: Arc<AppContext>, call: Call, suspend: bool) -> ApiResult<ApiResponse> {
     let id = call.param_uuid("id")?;
-    let actor = actor(&call);
+    let actor = actor(&ctx, &call);
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
     let change = projects::set_status(&tx, id, suspend, &actor).await?;
@@ -129,7 +130,7 @@ pub async fn activate_project(ctx: Arc<AppContext>, call: Call) -> ApiResult<Api
 pub async fn set_limits(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let id = call.param_uuid("id")?;
     let patch: LimitsPatch = call.json()?;
-    let actor = actor(&call);
+    let actor = actor(&ctx, &call);
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
     let change = projects::set_limits(&tx, id, &patch, &actor).await?;
@@ -162,7 +163,7 @@ struct ApplyTier {
 pub async fn apply_tier(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let id = call.param_uuid("id")?;
     let input: ApplyTier = call.json()?;
-    let actor = actor(&call);
+    let actor = actor(&ctx, &call);
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
     let change = projects::apply_tier(&tx, id, &input.tier_id, &actor).await?;

@@ -1,11 +1,12 @@
 //! Ledger events: the canonical encoding and hash (docs/ledger-format.md),
-//! appending in the caller's transaction, group sequencing after commit,
+//! appending in the caller's transaction (sequenced at its commit),
 //! reading, and chain verification.
 
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -104,85 +105,95 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
-/// Appends a pending event inside the caller's transaction: it commits if
-/// and only if the change it records commits.
+/// Appends an event inside the caller's transaction: it commits if and only
+/// if the change it records commits, and is sequenced by that COMMIT (the
+/// `ledger_sequence_at_commit` trigger, migrations/V6). `now` is the
+/// writer's clock reading; the event keeps it as `recorded_at` unless the
+/// organisation's log is already later. After the commit, call [`settle`]
+/// (or commit with [`commit_settled`]) before telling anyone: the commit is
+/// asynchronous and settling makes it durable.
 pub async fn append(
     tx: &tokio_postgres::Transaction<'_>,
     org_id: Uuid,
     ev: &NewEvent,
+    now: DateTime<Utc>,
 ) -> ApiResult<Pending> {
+    let payload = canonical_json(&ev.payload);
     let row = tx
-        .query_one(
-            "INSERT INTO ledger_events (org_id, event_type, subject, actor, request_id, payload)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        .query_typed_one(
+            "INSERT INTO ledger_events
+                 (org_id, event_type, subject, actor, request_id, payload, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
             &[
-                &org_id,
-                &ev.event_type,
-                &ev.subject,
-                &ev.actor,
-                &ev.request_id,
-                &canonical_json(&ev.payload),
+                (&org_id, Type::UUID),
+                (&ev.event_type, Type::TEXT),
+                (&ev.subject, Type::TEXT),
+                (&ev.actor, Type::TEXT),
+                (&ev.request_id, Type::TEXT),
+                (&payload, Type::TEXT),
+                (&now, Type::TIMESTAMPTZ),
             ],
         )
         .await?;
     Ok(Pending(row.get(0)))
 }
 
-/// After commit: sequences the organisation's pending events (a batch that
-/// includes everyone waiting) and returns the seq and hash of `pending`.
-pub async fn sequence(
-    db: &impl GenericClient,
-    org_id: Uuid,
-    now: DateTime<Utc>,
-    pending: Pending,
-) -> ApiResult<(u64, Hash)> {
-    let row = db
-        .query_one(
-            "SELECT out_seq, out_hash FROM ledger_sequence($1, $2, $3)",
-            &[&org_id, &now, &pending.0],
-        )
-        .await?;
+const SETTLE: &str = "SELECT out_seq, out_hash FROM ledger_settle($1)";
+
+fn settled(pending: Pending, row: Option<tokio_postgres::Row>) -> ApiResult<(u64, Hash)> {
+    let row = row.ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!(
+            "ledger event {} was not committed",
+            pending.0
+        ))
+    })?;
     let seq: i64 = row.get(0);
     Ok((seq as u64, to_hash(row.get(1))?))
 }
 
-/// Sequences whatever is pending for an organisation (e.g. left by a
-/// process that died between commit and sequencing).
-pub async fn sequence_pending(
-    db: &impl GenericClient,
-    org_id: Uuid,
-    now: DateTime<Utc>,
-) -> ApiResult<()> {
-    db.execute(
-        "SELECT count(*) FROM ledger_sequence($1, $2, NULL)",
-        &[&org_id, &now],
-    )
-    .await?;
-    Ok(())
+/// After the commit that appended `pending`: waits until that commit is
+/// durable (`ledger_settle`, migrations/V6) and returns the event's seq and
+/// hash.
+pub async fn settle(db: &impl GenericClient, pending: Pending) -> ApiResult<(u64, Hash)> {
+    let row = db
+        .query_typed_opt(SETTLE, &[(&pending.0, Type::INT8)])
+        .await?;
+    settled(pending, row)
 }
 
-/// Called right after the commit that appended `pending`: sequences it and
-/// returns its seq. If sequencing fails, the committed change stands and its
-/// event stays pending for the next sequencer (any later append of the
-/// organisation, or the nightly seal); None is returned and the cause logged.
-pub async fn sequence_committed(
-    db: &impl GenericClient,
-    org_id: Uuid,
-    now: DateTime<Utc>,
-    pending: Pending,
-) -> Option<u64> {
-    match sequence(db, org_id, now, pending).await {
+fn log_settle_failure(org_id: Uuid, r: ApiResult<(u64, Hash)>) -> Option<u64> {
+    match r {
         Ok((seq, _)) => Some(seq),
         Err(e) => {
             tracing::error!(
                 org_id = %org_id,
                 error = %e,
                 cause = ?e.cause,
-                "sequencing after commit failed; the event stays pending"
+                "settling a committed ledger event failed"
             );
             None
         }
     }
+}
+
+/// Makes every commit so far durable (what [`settle`] does, for callers
+/// that appended several events and need no seq back).
+pub async fn flush(db: &impl GenericClient) -> ApiResult<()> {
+    db.query_typed("SELECT out_seq FROM ledger_settle(NULL)", &[])
+        .await?;
+    Ok(())
+}
+
+/// Called right after the commit that appended `pending`: settles it and
+/// returns its seq. If settling fails (the connection broke), the committed
+/// change and its sequenced event stand and become durable with the next
+/// WAL flush; None is returned and the cause logged.
+pub async fn settle_committed(
+    db: &impl GenericClient,
+    org_id: Uuid,
+    pending: Pending,
+) -> Option<u64> {
+    log_settle_failure(org_id, settle(db, pending).await)
 }
 
 fn to_hash(v: Vec<u8>) -> ApiResult<Hash> {

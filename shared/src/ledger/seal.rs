@@ -9,8 +9,8 @@
 //! small however large the day.
 //!
 //! A day's events are a contiguous seq range because `recorded_at` never
-//! goes backwards within an organisation (see `ledger_sequence` in
-//! migrations/V3__ledger.sql). Seals are made in day order; a missed night is
+//! goes backwards within an organisation (see `ledger_sequence_at_commit`
+//! in migrations/V6__ledger_sequencing_at_commit.sql). Seals are made in day order; a missed night is
 //! caught up by the next run, oldest day first. Each day is stored by one
 //! INSERT in its own transaction, and the row is a pure function of the
 //! stored events and the key (Ed25519 signatures are deterministic and the
@@ -23,7 +23,7 @@
 //! the two checkpoints (its left part *is* the older checkpoint's edge).
 
 use super::checkpoint::{CheckpointSigner, NoteVerifier};
-use super::events::{sequence_pending, Hash};
+use super::events::Hash;
 use super::merkle::{self, CompactRange};
 use crate::config::{Config, ConfigError};
 use crate::context::AppContext;
@@ -366,7 +366,7 @@ pub fn day_not_over(day: NaiveDate, today: NaiveDate) -> ApiError {
 
 /// Seals `org_id`'s log through UTC day `day`: every unsealed day with
 /// events up to and including `day`, oldest first (so missed nights are
-/// caught up). Pending events are sequenced first so none is left out.
+/// caught up).
 /// Refuses `day` unless it is before the current UTC day (per the clock).
 /// Days already sealed are left as they are; days without events get no row.
 pub async fn seal_day(ctx: &AppContext, org_id: Uuid, day: NaiveDate) -> ApiResult<SealReport> {
@@ -379,7 +379,6 @@ pub async fn seal_day(ctx: &AppContext, org_id: Uuid, day: NaiveDate) -> ApiResu
     let signer = checkpoint_signer(ctx).await?;
     let origin = checkpoint_origin(&ctx.config, org_id);
     let mut client = ctx.db().await?;
-    sequence_pending(&**client, org_id, now).await?;
     let mut report = SealReport {
         org_id,
         through_day: day,

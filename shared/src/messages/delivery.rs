@@ -23,7 +23,7 @@
 
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
-use crate::ledger::events::{self as ledger, sequence_committed, NewEvent};
+use crate::ledger::events::{self as ledger, NewEvent};
 use crate::messages::retry::{self, classify, Outcome, MAX_ATTEMPTS};
 use crate::messages::store::insert_event;
 use crate::messages::webhook::SigningSecret;
@@ -444,10 +444,11 @@ async fn finish_failed(
             id,
             json!({"project_id": project_id, "attempts": attempts, "reason": reason}),
         ),
+        ctx.clock.now(),
     )
     .await?;
     tx.commit().await?;
-    sequence_committed(&***db, org_id, ctx.clock.now(), pending).await;
+    ledger::settle_committed(&***db, org_id, pending).await;
     Ok(())
 }
 
@@ -591,7 +592,7 @@ async fn attempt(
                 )
                 .await?;
                 pending = Some(ledger::append(&tx, c.org_id, &system_event("message.delivered", id,
-                    json!({"project_id": c.project_id, "attempts": c.attempt, "status_code": result.status}))).await?);
+                    json!({"project_id": c.project_id, "attempts": c.attempt, "status_code": result.status})), ctx.clock.now()).await?);
             }
             n
         }
@@ -628,7 +629,7 @@ async fn attempt(
                 )
                 .await?;
                 pending = Some(ledger::append(&tx, c.org_id, &system_event("message.failed", id,
-                    json!({"project_id": c.project_id, "attempts": c.attempt, "status_code": result.status}))).await?);
+                    json!({"project_id": c.project_id, "attempts": c.attempt, "status_code": result.status})), ctx.clock.now()).await?);
             }
             n
         }
@@ -660,13 +661,13 @@ async fn attempt(
         }
     };
     tx.commit().await?;
+    if let Some(p) = pending {
+        ledger::settle_committed(&**db, c.org_id, p).await;
+    }
     if changed == 0 {
         tracing::warn!(message_id = %id, attempt = c.attempt,
             "the claim ran out during the attempt; another worker owns the message now");
         return Ok(Report::ack(Step::NotNow));
-    }
-    if let Some(p) = pending {
-        sequence_committed(&**db, c.org_id, ctx.clock.now(), p).await;
     }
     // Never hold a connection while the (Postgres) queue takes one.
     drop(db);

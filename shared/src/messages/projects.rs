@@ -245,6 +245,7 @@ pub async fn create_project(
             json!({"name": project.name, "tier_id": project.tier_id,
                    "endpoint_url": project.endpoint_url, "limits": project.limits}),
         ),
+        actor.at,
     )
     .await?;
     Ok((
@@ -332,6 +333,7 @@ pub async fn set_status(
             id,
             json!({"from": before.status, "to": status}),
         ),
+        actor.at,
     )
     .await?;
     Ok(StatusChange {
@@ -458,6 +460,7 @@ async fn write_limits(
                     json!({"from": {"tier_id": before.tier_id, "limits": before.limits},
                            "to": {"tier_id": tier_id, "limits": new}}),
                 ),
+                actor.at,
             )
             .await?,
         )

@@ -5,7 +5,7 @@
 use crate::accounts::Actor;
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
-use crate::ledger::events::{self as ledger, sequence_committed, NewEvent};
+use crate::ledger::events::{self as ledger, NewEvent};
 use crate::messages::projects::project_suspended;
 use crate::messages::QueueJob;
 use chrono::{DateTime, Utc};
@@ -198,10 +198,11 @@ pub async fn send_message(
             payload: json!({"project_id": project_id, "event_type": event_type,
                             "body_sha256": body_sha256}),
         },
+        actor.at,
     )
     .await?;
     tx.commit().await?;
-    sequence_committed(&**db, org_id, ctx.clock.now(), pending).await;
+    ledger::settle_committed(&**db, org_id, pending).await;
     // Never hold a connection while the (Postgres) queue takes one.
     drop(db);
     let job = QueueJob { message_id: id };
