@@ -1,7 +1,9 @@
 //! Fixed-window rate limits kept in Postgres, so every Lambda instance shares
 //! one counter. The counter only moves while under the limit, in a single
 //! atomic upsert, so N concurrent requests against a limit of L admit exactly
-//! min(N, L).
+//! min(N, L). The upsert commits asynchronously (migrations/V7): a counter
+//! needs no durability, and its hot row's lock is then never held across a
+//! WAL flush.
 
 use chrono::{DateTime, TimeZone, Utc};
 use http::HeaderMap;
@@ -68,15 +70,12 @@ pub async fn check(
     if limit == 0 {
         return Ok(denied);
     }
+    // rate_limit_hit (migrations/V7): the upsert, committed asynchronously.
+    let hit = client
+        .prepare_cached("SELECT hit_count FROM rate_limit_hit($1, $2, $3, $4)")
+        .await?;
     let row = client
-        .query_opt(
-            "INSERT INTO rate_limit_windows AS w (bucket, window_start, count, expires_at)
-             VALUES ($1, $2, 1, $3)
-             ON CONFLICT (bucket, window_start)
-             DO UPDATE SET count = w.count + 1 WHERE w.count < $4
-             RETURNING count",
-            &[&bucket, &start, &end, &(limit as i32)],
-        )
+        .query_opt(&hit, &[&bucket, &start, &end, &(limit as i32)])
         .await?;
     Ok(match row {
         Some(r) => {
