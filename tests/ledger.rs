@@ -20,7 +20,18 @@ async fn append_one(s: &TestServer, org: Uuid, n: usize) -> u64 {
 /// Appends an event in a transaction of its own and commits it (which
 /// sequences it), without settling.
 async fn commit_event(s: &TestServer, org: Uuid, n: usize) -> events::Pending {
-    let mut c = s.db.pool.get().await.unwrap();
+    commit_event_on(&s.db.pool, org, n, s.clock.now()).await
+}
+
+/// [`commit_event`] on a pool and clock reading of the caller's choosing
+/// (for tasks spawned off the test).
+async fn commit_event_on(
+    pool: &deadpool_postgres::Pool,
+    org: Uuid,
+    n: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> events::Pending {
+    let mut c = pool.get().await.unwrap();
     let tx = c.transaction().await.unwrap();
     let p = append(
         &tx,
@@ -32,7 +43,7 @@ async fn commit_event(s: &TestServer, org: Uuid, n: usize) -> events::Pending {
             request_id: format!("req-{n}"),
             payload: json!({"n": n, "text": "ünïcödé ✓"}),
         },
-        s.clock.now(),
+        now,
     )
     .await
     .unwrap();
@@ -443,23 +454,8 @@ fn spawn_append(s: &TestServer, org: Uuid, n: usize) -> tokio::task::JoinHandle<
     let pool = s.db.pool.clone();
     let now = s.clock.now();
     tokio::spawn(async move {
-        let mut c = pool.get().await.unwrap();
-        let tx = c.transaction().await.unwrap();
-        let p = append(
-            &tx,
-            org,
-            &NewEvent {
-                event_type: "test.appended",
-                subject: format!("n:{n}"),
-                actor: "test".into(),
-                request_id: String::new(),
-                payload: json!({"n": n}),
-            },
-            now,
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        let p = commit_event_on(&pool, org, n, now).await;
+        let c = pool.get().await.unwrap();
         settle(&**c, p).await.unwrap().0
     })
 }

@@ -2,7 +2,8 @@
 //! it can be written to the operator audit log, and every change to an
 //! organisation is recorded in its ledger in the same transaction.
 
-use crate::accounts::{self, Actor, NewApiKey, NewOrg, NewUser};
+use super::actor;
+use crate::accounts::{self, NewApiKey, NewOrg, NewUser};
 use crate::audit::{self, AuditEvent};
 use crate::context::AppContext;
 use crate::error::ApiResult;
@@ -12,14 +13,6 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
-
-fn actor(ctx: &AppContext, call: &Call) -> Actor {
-    Actor {
-        key_id: call.principal.as_ref().map(|p| p.key_id),
-        request_id: call.request_id.clone(),
-        at: ctx.clock.now(),
-    }
-}
 
 /// Adds `ledger_seq` (the seq of the event recording the change) to a body.
 fn with_seq<T: serde::Serialize>(value: &T, seq: Option<u64>) -> serde_json::Value {

@@ -3,7 +3,7 @@
 //! The rules live in `crate::evidence`; this module reads headers and shapes
 //! responses.
 
-use crate::accounts::Actor;
+use super::actor;
 use crate::context::AppContext;
 use crate::error::{ApiError, ApiResult};
 use crate::evidence::{self, Completed, Content, NewDirectUpload, NewEvidence};
@@ -12,14 +12,6 @@ use http::{HeaderValue, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
-
-fn actor(ctx: &AppContext, call: &Call) -> Actor {
-    Actor {
-        key_id: call.principal.as_ref().map(|p| p.key_id),
-        request_id: call.request_id.clone(),
-        at: ctx.clock.now(),
-    }
-}
 
 fn location(evidence_id: Uuid) -> String {
     format!("/api/evidence/{evidence_id}")

@@ -1,7 +1,6 @@
 //! `/v1/messages`: a project key sends messages and reads its own. Another
 //! project's message is "not found", like one that never existed.
 
-use crate::accounts::Actor;
 use crate::context::AppContext;
 use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
@@ -19,11 +18,7 @@ fn project(call: &Call) -> ApiResult<Uuid> {
 pub async fn send(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let project_id = project(&call)?;
     let input: NewMessage = call.json()?;
-    let actor = Actor {
-        key_id: call.principal.as_ref().map(|p| p.key_id),
-        request_id: call.request_id.clone(),
-        at: ctx.clock.now(),
-    };
+    let actor = super::actor(&ctx, &call);
     let idem = call.req.header("idempotency-key");
     let accepted = store::send_message(&ctx, project_id, &input, idem, &actor).await?;
     let location = format!("/v1/messages/{}", accepted.id);

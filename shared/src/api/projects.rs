@@ -1,7 +1,7 @@
 //! Operator endpoints for projects. Each write commits (with its ledger
 //! event), then appends one operator audit row, fire-and-forget.
 
-use crate::accounts::Actor;
+use super::actor;
 use crate::audit::{self, AuditEvent};
 use crate::context::AppContext;
 use crate::error::ApiResult;
@@ -13,14 +13,6 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
-
-fn actor(ctx: &AppContext, call: &Call) -> Actor {
-    Actor {
-        key_id: call.principal.as_ref().map(|p| p.key_id),
-        request_id: call.request_id.clone(),
-        at: ctx.clock.now(),
-    }
-}
 
 async fn sequenced(ctx: &AppContext, org: Uuid, pending: Option<Pending>) -> Option<u64> {
     let p = pending?;

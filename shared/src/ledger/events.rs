@@ -110,8 +110,8 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
 /// `ledger_sequence_at_commit` trigger, migrations/V6). `now` is the
 /// writer's clock reading; the event keeps it as `recorded_at` unless the
 /// organisation's log is already later. After the commit, call [`settle`]
-/// (or commit with [`commit_settled`]) before telling anyone: the commit is
-/// asynchronous and settling makes it durable.
+/// before telling anyone: the commit is asynchronous and settling makes it
+/// durable.
 pub async fn append(
     tx: &tokio_postgres::Transaction<'_>,
     org_id: Uuid,
@@ -138,42 +138,24 @@ pub async fn append(
     Ok(Pending(row.get(0)))
 }
 
-const SETTLE: &str = "SELECT out_seq, out_hash FROM ledger_settle($1)";
-
-fn settled(pending: Pending, row: Option<tokio_postgres::Row>) -> ApiResult<(u64, Hash)> {
-    let row = row.ok_or_else(|| {
-        ApiError::internal(anyhow::anyhow!(
-            "ledger event {} was not committed",
-            pending.0
-        ))
-    })?;
-    let seq: i64 = row.get(0);
-    Ok((seq as u64, to_hash(row.get(1))?))
-}
-
 /// After the commit that appended `pending`: waits until that commit is
 /// durable (`ledger_settle`, migrations/V6) and returns the event's seq and
 /// hash.
 pub async fn settle(db: &impl GenericClient, pending: Pending) -> ApiResult<(u64, Hash)> {
     let row = db
-        .query_typed_opt(SETTLE, &[(&pending.0, Type::INT8)])
-        .await?;
-    settled(pending, row)
-}
-
-fn log_settle_failure(org_id: Uuid, r: ApiResult<(u64, Hash)>) -> Option<u64> {
-    match r {
-        Ok((seq, _)) => Some(seq),
-        Err(e) => {
-            tracing::error!(
-                org_id = %org_id,
-                error = %e,
-                cause = ?e.cause,
-                "settling a committed ledger event failed"
-            );
-            None
-        }
-    }
+        .query_typed_opt(
+            "SELECT out_seq, out_hash FROM ledger_settle($1)",
+            &[(&pending.0, Type::INT8)],
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!(
+                "ledger event {} was not committed",
+                pending.0
+            ))
+        })?;
+    let seq: i64 = row.get(0);
+    Ok((seq as u64, to_hash(row.get(1))?))
 }
 
 /// Makes every commit so far durable (what [`settle`] does, for callers
@@ -193,7 +175,18 @@ pub async fn settle_committed(
     org_id: Uuid,
     pending: Pending,
 ) -> Option<u64> {
-    log_settle_failure(org_id, settle(db, pending).await)
+    match settle(db, pending).await {
+        Ok((seq, _)) => Some(seq),
+        Err(e) => {
+            tracing::error!(
+                org_id = %org_id,
+                error = %e,
+                cause = ?e.cause,
+                "settling a committed ledger event failed"
+            );
+            None
+        }
+    }
 }
 
 fn to_hash(v: Vec<u8>) -> ApiResult<Hash> {
