@@ -3,7 +3,8 @@
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -73,4 +74,50 @@ pub async fn migrate_to(database_url: &str, version: Option<u32>) -> anyhow::Res
         .iter()
         .map(|m| m.to_string())
         .collect())
+}
+
+// Hot paths run their statements through these: each is prepared once per
+// connection (deadpool's statement cache) and then costs one round trip,
+// where `client.execute(&str, ..)` costs two (parse, then bind and
+// execute) every time. Parameter types are inferred exactly as for an
+// unprepared statement.
+
+/// `execute` of a cached prepared statement.
+pub async fn execute(
+    db: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.execute(&statement, params).await
+}
+
+/// `query` of a cached prepared statement.
+pub async fn query(
+    db: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.query(&statement, params).await
+}
+
+/// `query_opt` of a cached prepared statement.
+pub async fn query_opt(
+    db: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.query_opt(&statement, params).await
+}
+
+/// `query_one` of a cached prepared statement.
+pub async fn query_one(
+    db: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, tokio_postgres::Error> {
+    let statement = db.prepare_cached(sql).await?;
+    db.query_one(&statement, params).await
 }

@@ -22,6 +22,7 @@
 //! ```
 
 use crate::context::AppContext;
+use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::ledger::events::{self as ledger, NewEvent};
 use crate::messages::retry::{self, classify, Outcome, MAX_ATTEMPTS};
@@ -285,15 +286,21 @@ pub async fn deliver_message(
     let lease = cfg.delivery_timeout + LEASE_MARGIN;
     let mut db = ctx.db().await?;
     let mut claimed = None;
+    // The claim commits asynchronously (no WAL flush of its own): losing it
+    // in a database crash is the same as this worker dying after claiming,
+    // and the message is claimed and delivered again, under the same
+    // webhook-id. The attempt's record is settled (flushed) later, and that
+    // flush covers the claim before it.
     // Twice at most: if the claim fails but the message looks claimable a
     // moment later (an activation in between), try once more.
     for _ in 0..2 {
-        let row = db
-            .query_opt(
-                "UPDATE messages m
+        let row = db::query_opt(
+            &db,
+            "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+             UPDATE messages m
                     SET status = 'delivering', attempts = m.attempts + 1,
                         lease_until = now() + make_interval(secs => $2), updated_at = now()
-                   FROM projects p
+                   FROM projects p, lazy
                   WHERE m.id = $1 AND p.id = m.project_id AND p.status = 'active'
                     AND m.attempts < $3
                     AND ((m.status = 'queued'
@@ -301,14 +308,14 @@ pub async fn deliver_message(
                       OR (m.status = 'delivering' AND m.lease_until < now()))
                   RETURNING m.attempts, m.project_id, m.org_id, m.recipient, m.event_type,
                             m.body, m.metadata, m.created_at, p.endpoint_url, p.signing_secret",
-                &[
-                    &id,
-                    &secs(lease),
-                    &(MAX_ATTEMPTS as i32),
-                    &EARLY_TOLERANCE_SECS,
-                ],
-            )
-            .await?;
+            &[
+                &id,
+                &secs(lease),
+                &(MAX_ATTEMPTS as i32),
+                &EARLY_TOLERANCE_SECS,
+            ],
+        )
+        .await?;
         if let Some(r) = row {
             claimed = Some(Claimed {
                 attempt: r.get(0),
@@ -346,16 +353,16 @@ async fn why_not_claimed(
     db: &mut deadpool_postgres::Client,
     id: Uuid,
 ) -> ApiResult<Option<Report>> {
-    let row = db
-        .query_opt(
-            "SELECT m.status, m.attempts, p.status, m.project_id, m.org_id,
+    let row = db::query_opt(
+        &*db,
+        "SELECT m.status, m.attempts, p.status, m.project_id, m.org_id,
                     extract(epoch FROM m.next_attempt_at - now())::float8,
                     extract(epoch FROM m.lease_until - now())::float8
                FROM messages m JOIN projects p ON p.id = m.project_id
               WHERE m.id = $1",
-            &[&id],
-        )
-        .await?;
+        &[&id],
+    )
+    .await?;
     let Some(row) = row else {
         tracing::warn!(message_id = %id, "queue message for an unknown message; dropped");
         return Ok(Some(Report::ack(Step::AlreadyDone)));
@@ -387,7 +394,7 @@ async fn why_not_claimed(
             // queue message go; activation queues it again.
             if status == "queued" {
                 insert_event(
-                    &***db,
+                    &*db,
                     id,
                     project_id,
                     "message.skipped",
@@ -429,7 +436,7 @@ async fn finish_failed(
         return Ok(());
     }
     insert_event(
-        &*tx,
+        &tx,
         id,
         project_id,
         "message.failed",
@@ -540,7 +547,8 @@ async fn attempt(
         Outcome::Retry => "retry",
     };
     let status_code = result.status.map(i32::from);
-    tx.execute(
+    db::execute(
+        &tx,
         "INSERT INTO delivery_attempts
              (message_id, attempt, status_code, duration_ms, error, outcome, started_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -557,7 +565,7 @@ async fn attempt(
     )
     .await?;
     insert_event(
-        &*tx,
+        &tx,
         id,
         c.project_id,
         "message.attempted",
@@ -572,19 +580,19 @@ async fn attempt(
     let mut pending = None;
     let changed = match step {
         Step::Delivered => {
-            let n = tx
-                .execute(
-                    &format!(
-                        "UPDATE messages SET status = 'delivered', lease_until = NULL,
+            let n = db::execute(
+                &tx,
+                &format!(
+                    "UPDATE messages SET status = 'delivered', lease_until = NULL,
                                 finished_at = now(), updated_at = now(), last_error = NULL
                           WHERE {guard}"
-                    ),
-                    &[&id, &c.attempt],
-                )
-                .await?;
+                ),
+                &[&id, &c.attempt],
+            )
+            .await?;
             if n > 0 {
                 insert_event(
-                    &*tx,
+                    &tx,
                     id,
                     c.project_id,
                     "message.delivered",
@@ -609,19 +617,19 @@ async fn attempt(
                     last_error.as_deref().unwrap_or("error")
                 )
             };
-            let n = tx
-                .execute(
-                    &format!(
-                        "UPDATE messages SET status = 'failed', lease_until = NULL,
+            let n = db::execute(
+                &tx,
+                &format!(
+                    "UPDATE messages SET status = 'failed', lease_until = NULL,
                                 finished_at = now(), updated_at = now(), last_error = $3
                           WHERE {guard}"
-                    ),
-                    &[&id, &c.attempt, &truncate(reason.clone())],
-                )
-                .await?;
+                ),
+                &[&id, &c.attempt, &truncate(reason.clone())],
+            )
+            .await?;
             if n > 0 {
                 insert_event(
-                    &*tx,
+                    &tx,
                     id,
                     c.project_id,
                     "message.failed",
@@ -635,20 +643,20 @@ async fn attempt(
         }
         _ => {
             let d = delay.unwrap_or_default();
-            let n = tx
-                .execute(
-                    &format!(
-                        "UPDATE messages SET status = 'queued', lease_until = NULL,
+            let n = db::execute(
+                &tx,
+                &format!(
+                    "UPDATE messages SET status = 'queued', lease_until = NULL,
                                 next_attempt_at = now() + make_interval(secs => $3),
                                 enqueued_at = now(), updated_at = now(), last_error = $4
                           WHERE {guard}"
-                    ),
-                    &[&id, &c.attempt, &secs(d), &last_error],
-                )
-                .await?;
+                ),
+                &[&id, &c.attempt, &secs(d), &last_error],
+            )
+            .await?;
             if n > 0 {
                 insert_event(
-                    &*tx,
+                    &tx,
                     id,
                     c.project_id,
                     "message.retry_scheduled",

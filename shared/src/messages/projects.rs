@@ -486,13 +486,13 @@ pub async fn admit_message(
     now: DateTime<Utc>,
 ) -> ApiResult<Decision> {
     let project = principal.project_id.ok_or_else(project_key_needed)?;
-    let row = db
-        .query_opt(
-            "SELECT status, burst_per_minute, messages_per_day FROM projects WHERE id = $1",
-            &[&project],
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
+    let row = crate::db::query_opt(
+        db,
+        "SELECT status, burst_per_minute, messages_per_day FROM projects WHERE id = $1",
+        &[&project],
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("project"))?;
     let status: String = row.get(0);
     if status != "active" {
         return Err(project_suspended());

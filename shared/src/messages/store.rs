@@ -4,6 +4,7 @@
 
 use crate::accounts::Actor;
 use crate::context::AppContext;
+use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::ledger::events::{self as ledger, NewEvent};
 use crate::messages::projects::project_suspended;
@@ -131,13 +132,13 @@ pub async fn send_message(
     let tx = db.transaction().await?;
     // FOR SHARE: a concurrent suspension (FOR UPDATE) waits for this
     // message, or this waits for it and sees the project suspended.
-    let project = tx
-        .query_opt(
-            "SELECT org_id, status, max_payload_bytes FROM projects WHERE id = $1 FOR SHARE",
-            &[&project_id],
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
+    let project = db::query_opt(
+        &tx,
+        "SELECT org_id, status, max_payload_bytes FROM projects WHERE id = $1 FOR SHARE",
+        &[&project_id],
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("project"))?;
     let org_id: Uuid = project.get(0);
     let status: String = project.get(1);
     let max_payload: i32 = project.get(2);
@@ -156,28 +157,28 @@ pub async fn send_message(
         ));
     }
     let id = Uuid::new_v4();
-    let row = tx
-        .query_one(
-            "INSERT INTO messages (id, project_id, org_id, recipient, event_type, body, metadata,
+    let row = db::query_one(
+        &tx,
+        "INSERT INTO messages (id, project_id, org_id, recipient, event_type, body, metadata,
                                    idempotency_key, request_id, enqueued_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
              RETURNING created_at",
-            &[
-                &id,
-                &project_id,
-                &org_id,
-                &recipient,
-                &event_type,
-                &input.body,
-                &metadata,
-                &idempotency_key,
-                &actor.request_id,
-            ],
-        )
-        .await?;
+        &[
+            &id,
+            &project_id,
+            &org_id,
+            &recipient,
+            &event_type,
+            &input.body,
+            &metadata,
+            &idempotency_key,
+            &actor.request_id,
+        ],
+    )
+    .await?;
     let created_at: DateTime<Utc> = row.get(0);
     insert_event(
-        &*tx,
+        &tx,
         id,
         project_id,
         "message.queued",
@@ -234,13 +235,14 @@ pub async fn send_message(
 
 /// Appends to a message's timeline (`message_events`).
 pub async fn insert_event(
-    db: &impl GenericClient,
+    db: &impl deadpool_postgres::GenericClient,
     message_id: Uuid,
     project_id: Uuid,
     event_type: &'static str,
     details: Value,
 ) -> ApiResult<()> {
-    db.execute(
+    db::execute(
+        db,
         "INSERT INTO message_events (message_id, project_id, event_type, details)
          VALUES ($1, $2, $3, $4)",
         &[&message_id, &project_id, &event_type, &details],

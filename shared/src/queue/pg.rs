@@ -9,6 +9,12 @@
 //! handle matches nothing. Receivers take rows with `FOR UPDATE SKIP
 //! LOCKED`, so concurrent receivers never get the same message at once.
 //! All times come from the database clock, so every process agrees on them.
+//!
+//! Sending commits synchronously: a sent message is never lost. Receiving,
+//! deleting and changing visibility commit asynchronously (`lazy` below, no
+//! WAL flush of their own): what a database crash can take back of them
+//! only makes a message visible again, which SQS's at-least-once delivery
+//! allows and every consumer here handles.
 
 use super::{check_message, check_receive, check_visibility, Queue, QueueError, ReceivedMessage};
 use async_trait::async_trait;
@@ -109,46 +115,46 @@ impl PgQueue {
             .as_ref()
             .map(|d| i32::try_from(d.max_receive_count).unwrap_or(i32::MAX));
         if let (Some(dead_letter), Some(max_receives)) = (&self.dead_letter, max_receives) {
-            client
-                .execute(
-                    "WITH exhausted AS (
+            crate::db::execute(
+                &client,
+                "WITH exhausted AS (
                          SELECT id FROM local_queue_messages
                          WHERE queue_name = $1 AND visible_at <= now() AND receive_count >= $2
                          FOR UPDATE SKIP LOCKED
-                     )
+                     ), lazy AS (SELECT set_config('synchronous_commit', 'off', true))
                      UPDATE local_queue_messages AS m
                      SET queue_name = $3, receipt_token = NULL, visible_at = now()
-                     FROM exhausted WHERE m.id = exhausted.id",
-                    &[&self.name, &max_receives, &dead_letter.queue_name],
-                )
-                .await
-                .map_err(|e| QueueError::backend(e, "moving messages to the dead-letter queue"))?;
+                     FROM exhausted, lazy WHERE m.id = exhausted.id",
+                &[&self.name, &max_receives, &dead_letter.queue_name],
+            )
+            .await
+            .map_err(|e| QueueError::backend(e, "moving messages to the dead-letter queue"))?;
         }
-        let rows = client
-            .query(
-                "WITH picked AS (
+        let rows = crate::db::query(
+            &client,
+            "WITH picked AS (
                      SELECT id FROM local_queue_messages
                      WHERE queue_name = $1 AND visible_at <= now()
                        AND ($4::int IS NULL OR receive_count < $4)
                      ORDER BY visible_at, sent_at
                      LIMIT $2
                      FOR UPDATE SKIP LOCKED
-                 )
+                 ), lazy AS (SELECT set_config('synchronous_commit', 'off', true))
                  UPDATE local_queue_messages AS m
                  SET visible_at = now() + make_interval(secs => $3),
                      receive_count = m.receive_count + 1,
                      receipt_token = gen_random_uuid()
-                 FROM picked WHERE m.id = picked.id
+                 FROM picked, lazy WHERE m.id = picked.id
                  RETURNING m.id, m.body, m.receipt_token, m.receive_count, m.sent_at",
-                &[
-                    &self.name,
-                    &(max as i64),
-                    &seconds(visibility),
-                    &max_receives,
-                ],
-            )
-            .await
-            .map_err(|e| QueueError::backend(e, "receiving messages"))?;
+            &[
+                &self.name,
+                &(max as i64),
+                &seconds(visibility),
+                &max_receives,
+            ],
+        )
+        .await
+        .map_err(|e| QueueError::backend(e, "receiving messages"))?;
         let mut messages: Vec<(chrono::DateTime<chrono::Utc>, ReceivedMessage)> = rows
             .iter()
             .map(|row| {
@@ -177,15 +183,14 @@ impl Queue for PgQueue {
     async fn send(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
         check_message(body, delay)?;
         let id = Uuid::new_v4();
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO local_queue_messages (id, queue_name, body, visible_at)
+        crate::db::execute(
+            &self.client().await?,
+            "INSERT INTO local_queue_messages (id, queue_name, body, visible_at)
                  VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
-                &[&id, &self.name, &body, &seconds(delay)],
-            )
-            .await
-            .map_err(|e| QueueError::backend(e, "sending a message"))?;
+            &[&id, &self.name, &body, &seconds(delay)],
+        )
+        .await
+        .map_err(|e| QueueError::backend(e, "sending a message"))?;
         Ok(id.to_string())
     }
 
@@ -234,15 +239,15 @@ impl Queue for PgQueue {
     async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
         let (id, token) = parse_receipt_handle(receipt_handle)?;
         // Zero rows is fine: already deleted, or delivered again since.
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM local_queue_messages
+        crate::db::execute(
+            &self.client().await?,
+            "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+             DELETE FROM local_queue_messages USING lazy
                  WHERE id = $1 AND receipt_token = $2 AND queue_name = $3",
-                &[&id, &token, &self.name],
-            )
-            .await
-            .map_err(|e| QueueError::backend(e, "deleting a message"))?;
+            &[&id, &token, &self.name],
+        )
+        .await
+        .map_err(|e| QueueError::backend(e, "deleting a message"))?;
         Ok(())
     }
 
@@ -253,17 +258,16 @@ impl Queue for PgQueue {
     ) -> Result<(), QueueError> {
         check_visibility(timeout)?;
         let (id, token) = parse_receipt_handle(receipt_handle)?;
-        let changed = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE local_queue_messages
+        let changed = crate::db::execute(
+            &self.client().await?,
+            "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+             UPDATE local_queue_messages
                  SET visible_at = now() + make_interval(secs => $4)
-                 WHERE id = $1 AND receipt_token = $2 AND queue_name = $3",
-                &[&id, &token, &self.name, &seconds(timeout)],
-            )
-            .await
-            .map_err(|e| QueueError::backend(e, "changing a message's visibility"))?;
+                 FROM lazy WHERE id = $1 AND receipt_token = $2 AND queue_name = $3",
+            &[&id, &token, &self.name, &seconds(timeout)],
+        )
+        .await
+        .map_err(|e| QueueError::backend(e, "changing a message's visibility"))?;
         if changed == 0 {
             return Err(QueueError::InvalidReceiptHandle);
         }
