@@ -2,37 +2,15 @@
 //! it can be written to the operator audit log, and every change to an
 //! organisation is recorded in its ledger in the same transaction.
 
-use super::actor;
+use super::{actor, sequenced, with_seq};
 use crate::accounts::{self, NewApiKey, NewOrg, NewUser};
 use crate::audit::{self, AuditEvent};
 use crate::context::AppContext;
 use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
-use crate::ledger::events::{settle_committed, Pending};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use uuid::Uuid;
-
-/// Adds `ledger_seq` (the seq of the event recording the change) to a body.
-fn with_seq<T: serde::Serialize>(value: &T, seq: Option<u64>) -> serde_json::Value {
-    let mut v = serde_json::to_value(value).unwrap_or_default();
-    if let serde_json::Value::Object(m) = &mut v {
-        m.insert("ledger_seq".into(), json!(seq));
-    }
-    v
-}
-
-async fn sequenced(
-    db: &deadpool_postgres::Client,
-    org: Uuid,
-    pending: Option<Pending>,
-) -> Option<u64> {
-    match pending {
-        Some(p) => settle_committed(&***db, org, p).await,
-        None => None,
-    }
-}
 
 pub async fn create_org(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let input: NewOrg = call.json()?;

@@ -1,32 +1,16 @@
 //! Operator endpoints for projects. Each write commits (with its ledger
 //! event), then appends one operator audit row, fire-and-forget.
 
-use super::actor;
+use super::{actor, sequenced, with_seq};
 use crate::audit::{self, AuditEvent};
 use crate::context::AppContext;
 use crate::error::ApiResult;
 use crate::http::{ApiResponse, Call};
-use crate::ledger::events::{settle_committed, Pending};
 use crate::messages::delivery;
 use crate::messages::projects::{self, LimitsPatch, NewProject};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use uuid::Uuid;
-
-async fn sequenced(ctx: &AppContext, org: Uuid, pending: Option<Pending>) -> Option<u64> {
-    let p = pending?;
-    let db = ctx.db().await.ok()?;
-    settle_committed(&**db, org, p).await
-}
-
-fn with_seq(value: &impl serde::Serialize, seq: Option<u64>) -> serde_json::Value {
-    let mut v = serde_json::to_value(value).unwrap_or_default();
-    if let serde_json::Value::Object(m) = &mut v {
-        m.insert("ledger_seq".into(), json!(seq));
-    }
-    v
-}
 
 pub async fn create_project(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiResponse> {
     let input: NewProject = call.json()?;
@@ -41,9 +25,9 @@ pub async fn create_project(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRe
     )
     .await?;
     tx.commit().await?;
-    drop(db);
     let p = &created.project;
-    let seq = sequenced(&ctx, p.org_id, Some(pending)).await;
+    let seq = sequenced(&db, p.org_id, Some(pending)).await;
+    drop(db);
     audit::record(
         &ctx,
         &actor,
@@ -69,9 +53,9 @@ async fn set_status(ctx: Arc<AppContext>, call: Call, suspend: bool) -> ApiResul
     let tx = db.transaction().await?;
     let change = projects::set_status(&tx, id, suspend, &actor).await?;
     tx.commit().await?;
-    drop(db);
     let p = &change.project;
-    let seq = sequenced(&ctx, p.org_id, change.pending).await;
+    let seq = sequenced(&db, p.org_id, change.pending).await;
+    drop(db);
     // Activation: the messages that waited are delivered now, once each.
     let requeued = if !suspend && change.pending.is_some() {
         match delivery::requeue_project(&ctx, id, "project activated").await {
@@ -127,9 +111,9 @@ pub async fn set_limits(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespon
     let tx = db.transaction().await?;
     let change = projects::set_limits(&tx, id, &patch, &actor).await?;
     tx.commit().await?;
-    drop(db);
     let p = &change.project;
-    let seq = sequenced(&ctx, p.org_id, change.pending).await;
+    let seq = sequenced(&db, p.org_id, change.pending).await;
+    drop(db);
     audit::record(
         &ctx,
         &actor,
@@ -160,9 +144,9 @@ pub async fn apply_tier(ctx: Arc<AppContext>, call: Call) -> ApiResult<ApiRespon
     let tx = db.transaction().await?;
     let change = projects::apply_tier(&tx, id, &input.tier_id, &actor).await?;
     tx.commit().await?;
-    drop(db);
     let p = &change.project;
-    let seq = sequenced(&ctx, p.org_id, change.pending).await;
+    let seq = sequenced(&db, p.org_id, change.pending).await;
+    drop(db);
     audit::record(
         &ctx,
         &actor,
