@@ -539,71 +539,25 @@ async fn attempt(
         }
     };
 
-    let mut db = ctx.db().await?;
-    let tx = db.transaction().await?;
     let outcome_name = match outcome {
         Outcome::Delivered => "delivered",
         Outcome::Rejected => "rejected",
         Outcome::Retry => "retry",
     };
     let status_code = result.status.map(i32::from);
-    db::execute(
-        &tx,
-        "INSERT INTO delivery_attempts
-             (message_id, attempt, status_code, duration_ms, error, outcome, started_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (message_id, attempt) DO NOTHING",
-        &[
-            &id,
-            &c.attempt,
-            &status_code,
-            &duration_ms,
-            &result.error,
-            &outcome_name,
-            &started_at,
-        ],
-    )
-    .await?;
-    insert_event(
-        &tx,
-        id,
-        c.project_id,
-        "message.attempted",
-        json!({"attempt": c.attempt, "status_code": result.status, "duration_ms": duration_ms,
-               "error": result.error, "outcome": outcome_name}),
-    )
-    .await?;
-    // Every change below is guarded by this claim (status and attempt), so
-    // a worker that lost its lease changes nothing.
-    let guard = "id = $1 AND status = 'delivering' AND attempts = $2";
+    let attempted = json!({"attempt": c.attempt, "status_code": result.status,
+        "duration_ms": duration_ms, "error": result.error, "outcome": outcome_name});
     let last_error = result.error.clone();
-    let mut pending = None;
-    let changed = match step {
-        Step::Delivered => {
-            let n = db::execute(
-                &tx,
-                &format!(
-                    "UPDATE messages SET status = 'delivered', lease_until = NULL,
-                                finished_at = now(), updated_at = now(), last_error = NULL
-                          WHERE {guard}"
-                ),
-                &[&id, &c.attempt],
-            )
-            .await?;
-            if n > 0 {
-                insert_event(
-                    &tx,
-                    id,
-                    c.project_id,
-                    "message.delivered",
-                    json!({"attempt": c.attempt, "status_code": result.status}),
-                )
-                .await?;
-                pending = Some(ledger::append(&tx, c.org_id, &system_event("message.delivered", id,
-                    json!({"project_id": c.project_id, "attempts": c.attempt, "status_code": result.status})), ctx.clock.now()).await?);
-            }
-            n
-        }
+    let delay_s = secs(delay.unwrap_or_default());
+    // What the attempt moves the message to, the timeline event saying so,
+    // and the ledger event (delivered and failed are lifecycle changes).
+    let (set, outcome_event, details, ledger_event) = match step {
+        Step::Delivered => (
+            "status = 'delivered', lease_until = NULL, finished_at = now(), last_error = NULL",
+            "message.delivered",
+            json!({"attempt": c.attempt, "status_code": result.status}),
+            Some("message.delivered"),
+        ),
         Step::Failed => {
             let reason = if outcome == Outcome::Rejected {
                 format!(
@@ -617,62 +571,101 @@ async fn attempt(
                     last_error.as_deref().unwrap_or("error")
                 )
             };
-            let n = db::execute(
-                &tx,
-                &format!(
-                    "UPDATE messages SET status = 'failed', lease_until = NULL,
-                                finished_at = now(), updated_at = now(), last_error = $3
-                          WHERE {guard}"
-                ),
-                &[&id, &c.attempt, &truncate(reason.clone())],
+            (
+                "status = 'failed', lease_until = NULL, finished_at = now(), last_error = $11",
+                "message.failed",
+                json!({"attempt": c.attempt, "status_code": result.status, "reason": reason}),
+                Some("message.failed"),
             )
-            .await?;
-            if n > 0 {
-                insert_event(
-                    &tx,
-                    id,
-                    c.project_id,
-                    "message.failed",
-                    json!({"attempt": c.attempt, "status_code": result.status, "reason": reason}),
-                )
-                .await?;
-                pending = Some(ledger::append(&tx, c.org_id, &system_event("message.failed", id,
-                    json!({"project_id": c.project_id, "attempts": c.attempt, "status_code": result.status})), ctx.clock.now()).await?);
-            }
-            n
         }
-        _ => {
-            let d = delay.unwrap_or_default();
-            let n = db::execute(
-                &tx,
-                &format!(
-                    "UPDATE messages SET status = 'queued', lease_until = NULL,
-                                next_attempt_at = now() + make_interval(secs => $3),
-                                enqueued_at = now(), updated_at = now(), last_error = $4
-                          WHERE {guard}"
-                ),
-                &[&id, &c.attempt, &secs(d), &last_error],
-            )
-            .await?;
-            if n > 0 {
-                insert_event(
-                    &tx,
-                    id,
-                    c.project_id,
-                    "message.retry_scheduled",
-                    json!({"next_attempt": c.attempt + 1, "delay_ms": d.as_millis() as u64,
-                           "retry_after_s": result.retry_after.map(|r| r.as_secs())}),
-                )
-                .await?;
-            }
-            n
-        }
+        _ => (
+            "status = 'queued', lease_until = NULL, enqueued_at = now(), last_error = $11,
+             next_attempt_at = now() + make_interval(secs => $12)",
+            "message.retry_scheduled",
+            json!({"next_attempt": c.attempt + 1,
+                   "delay_ms": delay.unwrap_or_default().as_millis() as u64,
+                   "retry_after_s": result.retry_after.map(|r| r.as_secs())}),
+            None,
+        ),
     };
+    let failed_reason = details["reason"].as_str().map(|r| truncate(r.to_string()));
+    let stored_error = match step {
+        Step::Failed => failed_reason,
+        _ => last_error.clone(),
+    };
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &id,
+        &c.attempt,
+        &status_code,
+        &duration_ms,
+        &result.error,
+        &outcome_name,
+        &started_at,
+        &c.project_id,
+        &attempted,
+        &details,
+    ];
+    match step {
+        Step::Delivered => {}
+        Step::Failed => params.push(&stored_error),
+        _ => {
+            params.push(&stored_error);
+            params.push(&delay_s);
+        }
+    }
+
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    // One statement records the attempt, moves the message (guarded by this
+    // claim's status and attempt, so a worker that lost its lease changes
+    // nothing) and writes the timeline: `message.attempted`, then the
+    // outcome's event if the message moved.
+    let moved: i64 = db::query_one(
+        &tx,
+        &format!(
+            "WITH attempt AS (
+                 INSERT INTO delivery_attempts
+                     (message_id, attempt, status_code, duration_ms, error, outcome, started_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (message_id, attempt) DO NOTHING
+             ), moved AS (
+                 UPDATE messages SET {set}, updated_at = now()
+                  WHERE id = $1 AND status = 'delivering' AND attempts = $2
+                 RETURNING id
+             ), timeline AS (
+                 INSERT INTO message_events (message_id, project_id, event_type, details)
+                 SELECT $1, $8::uuid, e.event_type, e.details
+                   FROM (VALUES (1, 'message.attempted', $9::jsonb),
+                                (2, '{outcome_event}', $10::jsonb)) AS e (n, event_type, details)
+                  WHERE e.n = 1 OR EXISTS (SELECT 1 FROM moved)
+                  ORDER BY e.n
+             )
+             SELECT count(*) FROM moved"
+        ),
+        &params,
+    )
+    .await?
+    .get(0);
+    let changed = moved > 0;
+    let mut pending = None;
+    if let (true, Some(event_type)) = (changed, ledger_event) {
+        let payload = json!({"project_id": c.project_id, "attempts": c.attempt,
+                             "status_code": result.status});
+        pending = Some(
+            ledger::append(
+                &tx,
+                c.org_id,
+                &system_event(event_type, id, payload),
+                ctx.clock.now(),
+            )
+            .await?,
+        );
+    }
     tx.commit().await?;
     if let Some(p) = pending {
         ledger::settle_committed(&**db, c.org_id, p).await;
     }
-    if changed == 0 {
+    if !changed {
         tracing::warn!(message_id = %id, attempt = c.attempt,
             "the claim ran out during the attempt; another worker owns the message now");
         return Ok(Report::ack(Step::NotNow));
