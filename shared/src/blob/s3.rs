@@ -68,6 +68,21 @@ fn is_missing_key<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
             && !matches!(e.code(), Some("NoSuchBucket")))
 }
 
+/// A key-level error: a missing object is `NotFound`, anything else a
+/// backend error saying what was being done.
+fn key_error<E>(context: &'static str) -> impl FnOnce(SdkError<E>) -> BlobError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    move |e| {
+        if is_missing_key(&e) {
+            BlobError::NotFound
+        } else {
+            sdk_error(e, context)
+        }
+    }
+}
+
 /// The `x-amz-tagging` header: tags as a URL-encoded query string.
 fn tagging_header(tags: &[(String, String)]) -> String {
     tags.iter()
@@ -326,13 +341,7 @@ impl BlobStore for S3BlobStore {
             .key(key)
             .send()
             .await
-            .map_err(|e| {
-                if is_missing_key(&e) {
-                    BlobError::NotFound
-                } else {
-                    sdk_error(e, "getting an object")
-                }
-            })?;
+            .map_err(key_error("getting an object"))?;
         let body = out
             .body
             .collect()
@@ -350,13 +359,7 @@ impl BlobStore for S3BlobStore {
             .key(key)
             .send()
             .await
-            .map_err(|e| {
-                if is_missing_key(&e) {
-                    BlobError::NotFound
-                } else {
-                    sdk_error(e, "getting an object")
-                }
-            })?;
+            .map_err(key_error("getting an object"))?;
         Ok(Box::new(Box::pin(out.body.into_async_read())))
     }
 
@@ -412,13 +415,7 @@ impl BlobStore for S3BlobStore {
             .key(key)
             .send()
             .await
-            .map_err(|e| {
-                if is_missing_key(&e) {
-                    BlobError::NotFound
-                } else {
-                    sdk_error(e, "reading an object's tags")
-                }
-            })?;
+            .map_err(key_error("reading an object's tags"))?;
         Ok(sorted_tags(
             out.tag_set()
                 .iter()
@@ -443,13 +440,7 @@ impl BlobStore for S3BlobStore {
                 .key(key)
                 .send()
                 .await
-                .map_err(|e| {
-                    if is_missing_key(&e) {
-                        BlobError::NotFound
-                    } else {
-                        sdk_error(e, "clearing an object's tags")
-                    }
-                })?;
+                .map_err(key_error("clearing an object's tags"))?;
             return Ok(());
         }
         let tag_set = tags
@@ -468,13 +459,7 @@ impl BlobStore for S3BlobStore {
             .tagging(tagging)
             .send()
             .await
-            .map_err(|e| {
-                if is_missing_key(&e) {
-                    BlobError::NotFound
-                } else {
-                    sdk_error(e, "setting an object's tags")
-                }
-            })?;
+            .map_err(key_error("setting an object's tags"))?;
         Ok(())
     }
 
