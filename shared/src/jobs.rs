@@ -180,6 +180,7 @@ pub async fn fan_out_seals(ctx: &AppContext, queue: &dyn Queue) -> ApiResult<Fan
 /// Counts a worker's work and logs a heartbeat at most every 30 s.
 pub struct Heartbeat {
     function: &'static str,
+    every: Duration,
     started: Instant,
     last: Mutex<Instant>,
     processed: AtomicU64,
@@ -190,9 +191,15 @@ impl Heartbeat {
     pub const EVERY: Duration = Duration::from_secs(30);
 
     pub fn new(function: &'static str) -> Self {
+        Self::with_period(function, Self::EVERY)
+    }
+
+    /// A heartbeat logged at most once per `every` (tests use a short one).
+    pub fn with_period(function: &'static str, every: Duration) -> Self {
         let now = Instant::now();
         Heartbeat {
             function,
+            every,
             started: now,
             last: Mutex::new(now),
             processed: AtomicU64::new(0),
@@ -209,10 +216,12 @@ impl Heartbeat {
         self.maybe_beat();
     }
 
-    pub fn maybe_beat(&self) {
+    /// Logs the heartbeat (uptime, processed, failed) if the last one is at
+    /// least a period old; true if it did.
+    pub fn maybe_beat(&self) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.elapsed() < Self::EVERY {
-            return;
+        if last.elapsed() < self.every {
+            return false;
         }
         *last = Instant::now();
         tracing::info!(
@@ -222,6 +231,7 @@ impl Heartbeat {
             failed = self.failed.load(Ordering::Relaxed),
             "heartbeat"
         );
+        true
     }
 
     pub fn counts(&self) -> (u64, u64) {
@@ -655,6 +665,33 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_heartbeat_beats_at_most_once_per_period_however_busy() {
+        let hb = Heartbeat::with_period("test", Duration::from_millis(40));
+        // Busy: thousands of records inside one period give no beat.
+        assert!(!hb.maybe_beat());
+        for i in 0..5_000 {
+            hb.record(i % 10 != 0);
+        }
+        assert_eq!(hb.counts(), (4_500, 500));
+        // Idle for over a period: the next call beats, the one after does not.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(hb.maybe_beat());
+        assert!(!hb.maybe_beat());
+        // Over ~200 ms of calls, never more than one beat per period.
+        let start = Instant::now();
+        let mut beats = 0;
+        while start.elapsed() < Duration::from_millis(200) {
+            beats += u32::from(hb.maybe_beat());
+        }
+        let periods = start.elapsed().as_millis() / 40 + 1;
+        assert!(
+            beats >= 1 && u128::from(beats) <= periods,
+            "{beats} beats in {periods} periods"
+        );
+        assert_eq!(Heartbeat::new("x").every, Duration::from_secs(30));
     }
 
     #[test]
