@@ -1362,6 +1362,53 @@ mod pg_only {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receive_dead_letters_what_it_picks_and_hands_out_the_rest() {
+        let db = test_db().await;
+        let work = PgQueue::new(db.pool.clone(), "work").with_dead_letter_queue("work-dlq", 1);
+        let dlq = PgQueue::new(db.pool.clone(), "work-dlq");
+        let poison = work.send("poison", Duration::ZERO).await.expect("send");
+        let got = work
+            .receive(1, Duration::ZERO, Duration::ZERO)
+            .await
+            .expect("first receive");
+        assert_eq!(got[0].id, poison);
+        let fresh = work.send("fresh", Duration::ZERO).await.expect("send");
+        // The poison message is picked first (oldest) and moved; the same
+        // receive goes on and hands out the fresh one.
+        let got = work
+            .receive(1, Duration::from_secs(60), Duration::from_secs(5))
+            .await
+            .expect("second receive");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, fresh);
+        assert_eq!(got[0].receive_count, 1);
+        let dead = dlq
+            .receive(10, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .expect("receive from the dead-letter queue");
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].id, poison);
+        // A batch receive does both at once.
+        let a = work.send("a", Duration::ZERO).await.expect("send");
+        let b = work.send("b", Duration::ZERO).await.expect("send");
+        work.change_visibility(&got[0].receipt_handle, Duration::ZERO)
+            .await
+            .expect("make the fresh one visible again");
+        let got = work
+            .receive(10, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .expect("batch receive");
+        let ids: Vec<_> = got.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(ids, [a, b], "the exhausted one is not handed out");
+        let dead = dlq
+            .receive(10, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .expect("receive from the dead-letter queue");
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].id, fresh);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn visibility_uses_the_database_clock() {
         // Receivers in different processes must agree on when a message is
         // visible, so the row's times come from now() in Postgres.

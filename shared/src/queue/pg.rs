@@ -80,7 +80,7 @@ impl PgQueue {
 
     /// Like an SQS redrive policy: a message received `max_receive_count`
     /// times and still not deleted moves to the queue `dead_letter_queue`
-    /// when it next becomes visible, instead of being delivered again.
+    /// when a receive next picks it, instead of being delivered again.
     pub fn with_dead_letter_queue(
         mut self,
         dead_letter_queue: impl Into<String>,
@@ -104,57 +104,52 @@ impl PgQueue {
             .map_err(|e| QueueError::backend(e, "getting a database connection for the queue"))
     }
 
+    /// One receive: the oldest visible messages, up to `max`. With a
+    /// dead-letter queue, a picked message already received
+    /// `max_receive_count` times moves there instead of being returned (as
+    /// SQS does on a receive), in the same statement. Returns the messages
+    /// and how many were moved.
     async fn receive_once(
         &self,
         max: usize,
         visibility: Duration,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+    ) -> Result<(Vec<ReceivedMessage>, usize), QueueError> {
         let client = self.client().await?;
         let max_receives = self
             .dead_letter
             .as_ref()
             .map(|d| i32::try_from(d.max_receive_count).unwrap_or(i32::MAX));
-        if let (Some(dead_letter), Some(max_receives)) = (&self.dead_letter, max_receives) {
-            crate::db::execute(
-                &client,
-                "WITH exhausted AS (
-                         SELECT id FROM local_queue_messages
-                         WHERE queue_name = $1 AND visible_at <= now() AND receive_count >= $2
-                         FOR UPDATE SKIP LOCKED
-                     ), lazy AS (SELECT set_config('synchronous_commit', 'off', true))
-                     UPDATE local_queue_messages AS m
-                     SET queue_name = $3, receipt_token = NULL, visible_at = now()
-                     FROM exhausted, lazy WHERE m.id = exhausted.id",
-                &[&self.name, &max_receives, &dead_letter.queue_name],
-            )
-            .await
-            .map_err(|e| QueueError::backend(e, "moving messages to the dead-letter queue"))?;
-        }
+        let dead_letter = self.dead_letter.as_ref().map(|d| d.queue_name.as_str());
         let rows = crate::db::query(
             &client,
             "WITH picked AS (
-                     SELECT id FROM local_queue_messages
+                     SELECT id, coalesce(receive_count >= $4::int, false) AS exhausted
+                     FROM local_queue_messages
                      WHERE queue_name = $1 AND visible_at <= now()
-                       AND ($4::int IS NULL OR receive_count < $4)
                      ORDER BY visible_at, sent_at
                      LIMIT $2
                      FOR UPDATE SKIP LOCKED
                  ), lazy AS (SELECT set_config('synchronous_commit', 'off', true))
                  UPDATE local_queue_messages AS m
-                 SET visible_at = now() + make_interval(secs => $3),
-                     receive_count = m.receive_count + 1,
-                     receipt_token = gen_random_uuid()
+                 SET queue_name = CASE WHEN picked.exhausted THEN $5::text ELSE m.queue_name END,
+                     visible_at = CASE WHEN picked.exhausted THEN now()
+                                       ELSE now() + make_interval(secs => $3) END,
+                     receive_count = m.receive_count + CASE WHEN picked.exhausted THEN 0 ELSE 1 END,
+                     receipt_token = CASE WHEN picked.exhausted THEN NULL ELSE gen_random_uuid() END
                  FROM picked, lazy WHERE m.id = picked.id
-                 RETURNING m.id, m.body, m.receipt_token, m.receive_count, m.sent_at",
+                 RETURNING m.id, m.body, m.receipt_token, m.receive_count, m.sent_at, picked.exhausted",
             &[
                 &self.name,
                 &(max as i64),
                 &seconds(visibility),
                 &max_receives,
+                &dead_letter,
             ],
         )
         .await
         .map_err(|e| QueueError::backend(e, "receiving messages"))?;
+        let moved = rows.iter().filter(|r| r.get::<_, bool>(5)).count();
+        let rows: Vec<_> = rows.into_iter().filter(|r| !r.get::<_, bool>(5)).collect();
         let mut messages: Vec<(chrono::DateTime<chrono::Utc>, ReceivedMessage)> = rows
             .iter()
             .map(|row| {
@@ -174,7 +169,7 @@ impl PgQueue {
             .collect();
         // RETURNING has no order; hand messages out oldest first.
         messages.sort_by_key(|(sent_at, _)| *sent_at);
-        Ok(messages.into_iter().map(|(_, m)| m).collect())
+        Ok((messages.into_iter().map(|(_, m)| m).collect(), moved))
     }
 }
 
@@ -227,10 +222,14 @@ impl Queue for PgQueue {
         check_receive(max, visibility, wait)?;
         let deadline = Instant::now() + wait;
         loop {
-            let messages = self.receive_once(max, visibility).await?;
+            let (messages, moved) = self.receive_once(max, visibility).await?;
             let now = Instant::now();
             if !messages.is_empty() || now >= deadline {
                 return Ok(messages);
+            }
+            if moved > 0 {
+                // All picked were dead-lettered: others may be waiting.
+                continue;
             }
             tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
         }
