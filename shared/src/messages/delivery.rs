@@ -550,13 +550,15 @@ async fn attempt(
     let last_error = result.error.clone();
     let delay_s = secs(delay.unwrap_or_default());
     // What the attempt moves the message to, the timeline event saying so,
-    // and the ledger event (delivered and failed are lifecycle changes).
-    let (set, outcome_event, details, ledger_event) = match step {
+    // the ledger event (delivered and failed are lifecycle changes) and the
+    // error kept on the message.
+    let (set, outcome_event, details, ledger_event, stored_error) = match step {
         Step::Delivered => (
             "status = 'delivered', lease_until = NULL, finished_at = now(), last_error = NULL",
             "message.delivered",
             json!({"attempt": c.attempt, "status_code": result.status}),
             Some("message.delivered"),
+            None,
         ),
         Step::Failed => {
             let reason = if outcome == Outcome::Rejected {
@@ -576,6 +578,7 @@ async fn attempt(
                 "message.failed",
                 json!({"attempt": c.attempt, "status_code": result.status, "reason": reason}),
                 Some("message.failed"),
+                Some(truncate(reason)),
             )
         }
         _ => (
@@ -586,12 +589,8 @@ async fn attempt(
                    "delay_ms": delay.unwrap_or_default().as_millis() as u64,
                    "retry_after_s": result.retry_after.map(|r| r.as_secs())}),
             None,
+            last_error.clone(),
         ),
-    };
-    let failed_reason = details["reason"].as_str().map(|r| truncate(r.to_string()));
-    let stored_error = match step {
-        Step::Failed => failed_reason,
-        _ => last_error.clone(),
     };
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
         &id,
