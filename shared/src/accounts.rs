@@ -7,6 +7,7 @@ use crate::ledger::events::{self as ledger, NewEvent, Pending};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -226,10 +227,11 @@ pub async fn set_plan(
 }
 
 pub async fn get_org(db: &impl GenericClient, id: Uuid) -> ApiResult<Organization> {
+    // Typed: one round trip (GET /api/me runs this on every call).
     let row = db
-        .query_opt(
+        .query_typed_opt(
             "SELECT id, name, plan_tier::text, created_at FROM organizations WHERE id = $1",
-            &[&id],
+            &[(&id, Type::UUID)],
         )
         .await?
         .ok_or_else(|| ApiError::not_found("organisation"))?;
