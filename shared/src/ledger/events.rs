@@ -138,6 +138,50 @@ pub async fn append(
     Ok(Pending(row.get(0)))
 }
 
+/// Appends several events inside the caller's transaction with one
+/// statement, as [`append`] does each (same `now` for all). At COMMIT they
+/// are sequenced in the order given, so callers that append to several
+/// organisations sort by organisation: concurrent transactions then take
+/// the organisations' heads in one order. Returns nothing: call [`flush`]
+/// after the commit.
+pub async fn append_all(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[(Uuid, NewEvent)],
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let orgs: Vec<Uuid> = events.iter().map(|(o, _)| *o).collect();
+    let types: Vec<&str> = events.iter().map(|(_, e)| e.event_type).collect();
+    let subjects: Vec<&str> = events.iter().map(|(_, e)| e.subject.as_str()).collect();
+    let actors: Vec<&str> = events.iter().map(|(_, e)| e.actor.as_str()).collect();
+    let requests: Vec<&str> = events.iter().map(|(_, e)| e.request_id.as_str()).collect();
+    let payloads: Vec<String> = events
+        .iter()
+        .map(|(_, e)| canonical_json(&e.payload))
+        .collect();
+    tx.query_typed(
+        "INSERT INTO ledger_events
+             (org_id, event_type, subject, actor, request_id, payload, recorded_at)
+         SELECT org_id, event_type, subject, actor, request_id, payload, $7
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                WITH ORDINALITY AS e (org_id, event_type, subject, actor, request_id, payload, n)
+          ORDER BY n",
+        &[
+            (&orgs, Type::UUID_ARRAY),
+            (&types, Type::TEXT_ARRAY),
+            (&subjects, Type::TEXT_ARRAY),
+            (&actors, Type::TEXT_ARRAY),
+            (&requests, Type::TEXT_ARRAY),
+            (&payloads, Type::TEXT_ARRAY),
+            (&now, Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// After the commit that appended `pending`: waits until that commit is
 /// durable (`ledger_settle`, migrations/V6) and returns the event's seq and
 /// hash.

@@ -32,7 +32,9 @@ use crate::messages::QueueJob;
 use crate::queue::Queue;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::future::{join_all, Either};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -244,6 +246,7 @@ fn positive_secs(v: Option<f64>) -> Duration {
 
 /// A claimed message: everything needed to send it.
 struct Claimed {
+    id: Uuid,
     attempt: i32,
     project_id: Uuid,
     org_id: Uuid,
@@ -282,53 +285,13 @@ pub async fn deliver_message(
     queue: &dyn Queue,
     id: Uuid,
 ) -> ApiResult<Report> {
-    let cfg = &ctx.config.messages;
-    let lease = cfg.delivery_timeout + LEASE_MARGIN;
     let mut db = ctx.db().await?;
     let mut claimed = None;
-    // The claim commits asynchronously (no WAL flush of its own): losing it
-    // in a database crash is the same as this worker dying after claiming,
-    // and the message is claimed and delivered again, under the same
-    // webhook-id. The attempt's record is settled (flushed) later, and that
-    // flush covers the claim before it.
     // Twice at most: if the claim fails but the message looks claimable a
     // moment later (an activation in between), try once more.
     for _ in 0..2 {
-        let row = db::query_opt(
-            &db,
-            "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
-             UPDATE messages m
-                    SET status = 'delivering', attempts = m.attempts + 1,
-                        lease_until = now() + make_interval(secs => $2), updated_at = now()
-                   FROM projects p, lazy
-                  WHERE m.id = $1 AND p.id = m.project_id AND p.status = 'active'
-                    AND m.attempts < $3
-                    AND ((m.status = 'queued'
-                          AND m.next_attempt_at <= now() + make_interval(secs => $4))
-                      OR (m.status = 'delivering' AND m.lease_until < now()))
-                  RETURNING m.attempts, m.project_id, m.org_id, m.recipient, m.event_type,
-                            m.body, m.metadata, m.created_at, p.endpoint_url, p.signing_secret",
-            &[
-                &id,
-                &secs(lease),
-                &(MAX_ATTEMPTS as i32),
-                &EARLY_TOLERANCE_SECS,
-            ],
-        )
-        .await?;
-        if let Some(r) = row {
-            claimed = Some(Claimed {
-                attempt: r.get(0),
-                project_id: r.get(1),
-                org_id: r.get(2),
-                recipient: r.get(3),
-                event_type: r.get(4),
-                body: r.get(5),
-                metadata: r.get(6),
-                created_at: r.get(7),
-                endpoint_url: r.get(8),
-                signing_secret: r.get(9),
-            });
+        if let Some(c) = claim(ctx, &db, &[id]).await?.pop() {
+            claimed = Some(c);
             break;
         }
         match why_not_claimed(ctx, &mut db, id).await? {
@@ -343,7 +306,128 @@ pub async fn deliver_message(
         });
     };
     drop(db);
-    attempt(ctx, provider, queue, id, c).await
+    match send(ctx, provider, c).await {
+        Sent::Posted(p) => Ok(record(ctx, queue, vec![p]).await?.remove(0)),
+        Sent::NoEndpoint(c) => no_endpoint(ctx, c).await,
+    }
+}
+
+/// Delivers the messages of one queue batch: what [`deliver_message`] does
+/// for each, with the database work shared. One statement claims them all,
+/// they are sent concurrently, and one transaction (one WAL flush) records
+/// every attempt. A message the batch claim did not get (a duplicate in the
+/// batch, suspended, not due, someone else's) goes the single-message way,
+/// which says why. Results are in the order of `ids`.
+pub async fn deliver_batch(
+    ctx: &AppContext,
+    provider: &dyn Provider,
+    queue: &dyn Queue,
+    ids: &[Uuid],
+) -> Vec<ApiResult<Report>> {
+    let claimed = match ctx.db().await {
+        Ok(db) => claim(ctx, &db, ids).await,
+        Err(e) => Err(e),
+    };
+    let mut claimed: HashMap<Uuid, Claimed> = match claimed {
+        Ok(list) => list.into_iter().map(|c| (c.id, c)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "claiming a batch failed; trying its messages one by one");
+            HashMap::new()
+        }
+    };
+    // Each id's first occurrence takes its claim; the rest go one by one.
+    let work = ids.iter().map(|id| match claimed.remove(id) {
+        Some(c) => {
+            Either::Left(async move { Ok::<Sent, ApiResult<Report>>(send(ctx, provider, c).await) })
+        }
+        None => Either::Right(async move { Err(deliver_message(ctx, provider, queue, *id).await) }),
+    });
+    let outcomes = join_all(work).await;
+    let posted: Vec<Posted> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Ok(Sent::Posted(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut recorded = if posted.is_empty() {
+        Ok(Vec::new())
+    } else {
+        record(ctx, queue, posted).await
+    }
+    .map(Vec::into_iter);
+    let mut results = Vec::with_capacity(ids.len());
+    for o in outcomes {
+        results.push(match o {
+            Err(single) => single,
+            Ok(Sent::NoEndpoint(c)) => no_endpoint(ctx, c).await,
+            Ok(Sent::Posted(_)) => match &mut recorded {
+                Ok(reports) => Ok(reports.next().expect("one report per recorded attempt")),
+                Err(e) => Err(ApiError::unavailable(anyhow::anyhow!(
+                    "recording the batch's attempts failed: {e}"
+                ))),
+            },
+        });
+    }
+    results
+}
+
+/// Claims those of `ids` that are this worker's to deliver now (their
+/// project active, due, not out of attempts, not under someone else's
+/// live lease). The claim commits asynchronously (no WAL flush of its
+/// own): losing it in a database crash is the same as this worker dying
+/// after claiming, and the message is claimed and delivered again, under
+/// the same webhook-id. The attempt's record is flushed later, and that
+/// flush covers the claim before it.
+async fn claim(
+    ctx: &AppContext,
+    db: &deadpool_postgres::Client,
+    ids: &[Uuid],
+) -> ApiResult<Vec<Claimed>> {
+    let lease = ctx.config.messages.delivery_timeout + LEASE_MARGIN;
+    // One statement per id, all sent at once on this connection (pipelined:
+    // one round trip). Each finds its row by primary key; an `id = ANY(..)`
+    // form lets the planner scan every queued message instead.
+    let (lease_s, max_attempts) = (secs(lease), MAX_ATTEMPTS as i32);
+    let claims = ids.iter().map(|id| async move {
+        db::query_opt(
+            db,
+            "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+             UPDATE messages m
+                SET status = 'delivering', attempts = m.attempts + 1,
+                    lease_until = now() + make_interval(secs => $2), updated_at = now()
+               FROM projects p, lazy
+              WHERE m.id = $1 AND p.id = m.project_id AND p.status = 'active'
+                AND m.attempts < $3
+                AND ((m.status = 'queued'
+                      AND m.next_attempt_at <= now() + make_interval(secs => $4))
+                  OR (m.status = 'delivering' AND m.lease_until < now()))
+              RETURNING m.id, m.attempts, m.project_id, m.org_id, m.recipient, m.event_type,
+                        m.body, m.metadata, m.created_at, p.endpoint_url, p.signing_secret",
+            &[id, &lease_s, &max_attempts, &EARLY_TOLERANCE_SECS],
+        )
+        .await
+    });
+    let mut rows = Vec::new();
+    for r in join_all(claims).await {
+        rows.extend(r?);
+    }
+    Ok(rows
+        .iter()
+        .map(|r| Claimed {
+            id: r.get(0),
+            attempt: r.get(1),
+            project_id: r.get(2),
+            org_id: r.get(3),
+            recipient: r.get(4),
+            event_type: r.get(5),
+            body: r.get(6),
+            metadata: r.get(7),
+            created_at: r.get(8),
+            endpoint_url: r.get(9),
+            signing_secret: r.get(10),
+        })
+        .collect())
 }
 
 /// Explains a failed claim, acting on it where needed. `None`: it looks
@@ -469,25 +553,47 @@ fn system_event(event_type: &'static str, id: Uuid, payload: Value) -> NewEvent 
     }
 }
 
-async fn attempt(
-    ctx: &AppContext,
-    provider: &dyn Provider,
-    queue: &dyn Queue,
+/// A claimed message after its HTTP attempt: what to record.
+#[derive(Clone)]
+struct Posted {
     id: Uuid,
-    c: Claimed,
-) -> ApiResult<Report> {
+    project_id: Uuid,
+    org_id: Uuid,
+    attempt: i32,
+    started_at: DateTime<Utc>,
+    duration_ms: i32,
+    status_code: Option<i32>,
+    error: Option<String>,
+    outcome: &'static str,
+    step: Step,
+    delay: Option<Duration>,
+    /// `message.attempted`'s details.
+    attempted: Value,
+    /// The outcome's timeline event and its details.
+    outcome_event: &'static str,
+    details: Value,
+    /// The status the message moves to, and the error kept on it.
+    next_status: &'static str,
+    last_error: Option<String>,
+    /// The ledger event (delivered and failed are lifecycle changes).
+    ledger_event: Option<(&'static str, Value)>,
+}
+
+enum Sent {
+    Posted(Posted),
+    /// A project made before endpoints existed: nothing to send to.
+    NoEndpoint(Claimed),
+}
+
+/// Sends a claimed message once and decides what comes of it.
+async fn send(ctx: &AppContext, provider: &dyn Provider, c: Claimed) -> Sent {
     let cfg = &ctx.config.messages;
     let secret = c.signing_secret.as_deref().map(SigningSecret::parse);
     let (url, secret) = match (c.endpoint_url.as_deref(), secret) {
         (Some(url), Some(Ok(secret))) => (url.to_string(), secret),
-        _ => {
-            // A project made before endpoints existed: nothing to send to.
-            let mut db = ctx.db().await?;
-            let reason = "the project has no delivery endpoint or signing secret";
-            finish_failed(ctx, &mut db, id, c.project_id, c.org_id, reason, c.attempt).await?;
-            return Ok(Report::ack(Step::Failed));
-        }
+        _ => return Sent::NoEndpoint(c),
     };
+    let id = c.id;
     let body = payload(
         id,
         &c.event_type,
@@ -538,156 +644,230 @@ async fn attempt(
             (Step::RetryScheduled, Some(d))
         }
     };
-
     let outcome_name = match outcome {
         Outcome::Delivered => "delivered",
         Outcome::Rejected => "rejected",
         Outcome::Retry => "retry",
     };
-    let status_code = result.status.map(i32::from);
     let attempted = json!({"attempt": c.attempt, "status_code": result.status,
         "duration_ms": duration_ms, "error": result.error, "outcome": outcome_name});
-    let last_error = result.error.clone();
-    let delay_s = secs(delay.unwrap_or_default());
-    // What the attempt moves the message to, the timeline event saying so,
-    // the ledger event (delivered and failed are lifecycle changes) and the
-    // error kept on the message.
-    let (set, outcome_event, details, ledger_event, stored_error) = match step {
+    let ledger_payload = json!({"project_id": c.project_id, "attempts": c.attempt,
+                                "status_code": result.status});
+    let (next_status, outcome_event, details, ledger_event, last_error) = match step {
         Step::Delivered => (
-            "status = 'delivered', lease_until = NULL, finished_at = now(), last_error = NULL",
+            "delivered",
             "message.delivered",
             json!({"attempt": c.attempt, "status_code": result.status}),
-            Some("message.delivered"),
+            Some(("message.delivered", ledger_payload)),
             None,
         ),
         Step::Failed => {
+            let last = result.error.as_deref().unwrap_or("error");
             let reason = if outcome == Outcome::Rejected {
-                format!(
-                    "rejected by the receiver: {}",
-                    last_error.as_deref().unwrap_or("error")
-                )
+                format!("rejected by the receiver: {last}")
             } else {
-                format!(
-                    "gave up after {} attempts; last: {}",
-                    c.attempt,
-                    last_error.as_deref().unwrap_or("error")
-                )
+                format!("gave up after {} attempts; last: {last}", c.attempt)
             };
             (
-                "status = 'failed', lease_until = NULL, finished_at = now(), last_error = $11",
+                "failed",
                 "message.failed",
                 json!({"attempt": c.attempt, "status_code": result.status, "reason": reason}),
-                Some("message.failed"),
+                Some(("message.failed", ledger_payload)),
                 Some(truncate(reason)),
             )
         }
         _ => (
-            "status = 'queued', lease_until = NULL, enqueued_at = now(), last_error = $11,
-             next_attempt_at = now() + make_interval(secs => $12)",
+            "queued",
             "message.retry_scheduled",
             json!({"next_attempt": c.attempt + 1,
                    "delay_ms": delay.unwrap_or_default().as_millis() as u64,
                    "retry_after_s": result.retry_after.map(|r| r.as_secs())}),
             None,
-            last_error.clone(),
+            result.error.clone(),
         ),
     };
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-        &id,
-        &c.attempt,
-        &status_code,
-        &duration_ms,
-        &result.error,
-        &outcome_name,
-        &started_at,
-        &c.project_id,
-        &attempted,
-        &details,
-    ];
-    match step {
-        Step::Delivered => {}
-        Step::Failed => params.push(&stored_error),
-        _ => {
-            params.push(&stored_error);
-            params.push(&delay_s);
-        }
-    }
+    Sent::Posted(Posted {
+        id,
+        project_id: c.project_id,
+        org_id: c.org_id,
+        attempt: c.attempt,
+        started_at,
+        duration_ms,
+        status_code: result.status.map(i32::from),
+        error: result.error,
+        outcome: outcome_name,
+        step,
+        delay,
+        attempted,
+        outcome_event,
+        details,
+        next_status,
+        last_error,
+        ledger_event,
+    })
+}
+
+async fn no_endpoint(ctx: &AppContext, c: Claimed) -> ApiResult<Report> {
+    let mut db = ctx.db().await?;
+    let reason = "the project has no delivery endpoint or signing secret";
+    finish_failed(
+        ctx,
+        &mut db,
+        c.id,
+        c.project_id,
+        c.org_id,
+        reason,
+        c.attempt,
+    )
+    .await?;
+    Ok(Report::ack(Step::Failed))
+}
+
+/// Records attempts in one transaction, with one statement: each attempt
+/// row, each message moved on (guarded by its claim's status and attempt,
+/// so a worker that lost its lease changes nothing) and each timeline
+/// (`message.attempted`, then the outcome's event if the message moved).
+/// The ledger events of the moved messages go in, sorted by organisation
+/// so concurrent batches take the organisations' heads in one order, and
+/// one flush makes the whole batch durable. Then retries are queued.
+/// Reports are in the order of `posted`.
+async fn record(
+    ctx: &AppContext,
+    queue: &dyn Queue,
+    posted: Vec<Posted>,
+) -> ApiResult<Vec<Report>> {
+    let col = |f: fn(&Posted) -> Value| posted.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = posted.iter().map(|p| p.id).collect();
+    let attempts: Vec<i32> = posted.iter().map(|p| p.attempt).collect();
+    let status_codes: Vec<Option<i32>> = posted.iter().map(|p| p.status_code).collect();
+    let durations: Vec<i32> = posted.iter().map(|p| p.duration_ms).collect();
+    let errors: Vec<Option<&str>> = posted.iter().map(|p| p.error.as_deref()).collect();
+    let outcomes: Vec<&str> = posted.iter().map(|p| p.outcome).collect();
+    let started: Vec<DateTime<Utc>> = posted.iter().map(|p| p.started_at).collect();
+    let projects: Vec<Uuid> = posted.iter().map(|p| p.project_id).collect();
+    let attempted = col(|p| p.attempted.clone());
+    let next_status: Vec<&str> = posted.iter().map(|p| p.next_status).collect();
+    let outcome_events: Vec<&str> = posted.iter().map(|p| p.outcome_event).collect();
+    let details = col(|p| p.details.clone());
+    let last_errors: Vec<Option<&str>> = posted.iter().map(|p| p.last_error.as_deref()).collect();
+    let delays: Vec<f64> = posted
+        .iter()
+        .map(|p| secs(p.delay.unwrap_or_default()))
+        .collect();
 
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
-    // One statement records the attempt, moves the message (guarded by this
-    // claim's status and attempt, so a worker that lost its lease changes
-    // nothing) and writes the timeline: `message.attempted`, then the
-    // outcome's event if the message moved.
-    let moved: i64 = db::query_one(
+    let moved: std::collections::HashSet<Uuid> = db::query(
         &tx,
-        &format!(
-            "WITH attempt AS (
-                 INSERT INTO delivery_attempts
-                     (message_id, attempt, status_code, duration_ms, error, outcome, started_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (message_id, attempt) DO NOTHING
-             ), moved AS (
-                 UPDATE messages SET {set}, updated_at = now()
-                  WHERE id = $1 AND status = 'delivering' AND attempts = $2
-                 RETURNING id
-             ), timeline AS (
-                 INSERT INTO message_events (message_id, project_id, event_type, details)
-                 SELECT $1, $8::uuid, e.event_type, e.details
-                   FROM (VALUES (1, 'message.attempted', $9::jsonb),
-                                (2, '{outcome_event}', $10::jsonb)) AS e (n, event_type, details)
-                  WHERE e.n = 1 OR EXISTS (SELECT 1 FROM moved)
-                  ORDER BY e.n
-             )
-             SELECT count(*) FROM moved"
-        ),
-        &params,
+        "WITH r AS (
+             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::int4[], $4::int4[], $5::text[],
+                                  $6::text[], $7::timestamptz[], $8::uuid[], $9::jsonb[],
+                                  $10::text[], $11::text[], $12::jsonb[], $13::text[],
+                                  $14::float8[])
+                 WITH ORDINALITY AS r (id, attempt, status_code, duration_ms, error, outcome,
+                                       started_at, project_id, attempted, next_status,
+                                       outcome_event, details, last_error, delay_s, ord)
+         ), attempt AS (
+             INSERT INTO delivery_attempts
+                 (message_id, attempt, status_code, duration_ms, error, outcome, started_at)
+             SELECT id, attempt, status_code, duration_ms, error, outcome, started_at FROM r
+             ON CONFLICT (message_id, attempt) DO NOTHING
+         ), moved AS (
+             UPDATE messages m
+                SET status = r.next_status, lease_until = NULL, last_error = r.last_error,
+                    finished_at = CASE WHEN r.next_status = 'queued' THEN NULL ELSE now() END,
+                    enqueued_at = CASE WHEN r.next_status = 'queued' THEN now()
+                                       ELSE m.enqueued_at END,
+                    next_attempt_at = CASE WHEN r.next_status = 'queued'
+                                           THEN now() + make_interval(secs => r.delay_s)
+                                           ELSE m.next_attempt_at END,
+                    updated_at = now()
+               FROM r
+              WHERE m.id = r.id AND m.status = 'delivering' AND m.attempts = r.attempt
+             RETURNING m.id
+         ), timeline AS (
+             INSERT INTO message_events (message_id, project_id, event_type, details)
+             SELECT e.id, e.project_id, e.event_type, e.details
+               FROM (SELECT r.ord, 1 AS n, r.id, r.project_id,
+                            'message.attempted'::text AS event_type, r.attempted AS details
+                       FROM r
+                     UNION ALL
+                     SELECT r.ord, 2, r.id, r.project_id, r.outcome_event, r.details
+                       FROM r JOIN moved ON moved.id = r.id) AS e
+              ORDER BY e.ord, e.n
+         )
+         SELECT id FROM moved",
+        &[
+            &ids,
+            &attempts,
+            &status_codes,
+            &durations,
+            &errors,
+            &outcomes,
+            &started,
+            &projects,
+            &attempted,
+            &next_status,
+            &outcome_events,
+            &details,
+            &last_errors,
+            &delays,
+        ],
     )
     .await?
-    .get(0);
-    let changed = moved > 0;
-    let mut pending = None;
-    if let (true, Some(event_type)) = (changed, ledger_event) {
-        let payload = json!({"project_id": c.project_id, "attempts": c.attempt,
-                             "status_code": result.status});
-        pending = Some(
-            ledger::append(
-                &tx,
-                c.org_id,
-                &system_event(event_type, id, payload),
-                ctx.clock.now(),
-            )
-            .await?,
-        );
-    }
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let mut events: Vec<(Uuid, NewEvent)> = posted
+        .iter()
+        .filter(|p| moved.contains(&p.id))
+        .filter_map(|p| {
+            let (event_type, payload) = p.ledger_event.clone()?;
+            Some((p.org_id, system_event(event_type, p.id, payload)))
+        })
+        .collect();
+    events.sort_by_key(|(org, _)| *org);
+    ledger::append_all(&tx, &events, ctx.clock.now()).await?;
     tx.commit().await?;
-    if let Some(p) = pending {
-        ledger::settle_committed(&**db, c.org_id, p).await;
-    }
-    if !changed {
-        tracing::warn!(message_id = %id, attempt = c.attempt,
-            "the claim ran out during the attempt; another worker owns the message now");
-        return Ok(Report::ack(Step::NotNow));
+    if !events.is_empty() {
+        if let Err(e) = ledger::flush(&**db).await {
+            // The changes stand and are durable with the next WAL flush.
+            tracing::error!(error = %e, cause = ?e.cause, "flushing recorded deliveries failed");
+        }
     }
     // Never hold a connection while the (Postgres) queue takes one.
     drop(db);
-    if step != Step::RetryScheduled {
-        return Ok(Report::ack(step));
-    }
-    // The retry: a new, delayed queue message. If it cannot be sent, keep
-    // the current one instead, invisible until the retry is due.
-    let d = delay.unwrap_or_default().min(crate::queue::MAX_DELAY);
-    match queue.send(&QueueJob { message_id: id }.body(), d).await {
-        Ok(_) => Ok(Report::ack(Step::RetryScheduled)),
-        Err(e) => {
-            tracing::warn!(message_id = %id, error = %e,
-                "queueing the retry failed; keeping the current queue message for it");
-            Ok(Report {
-                step: Step::RetryScheduled,
-                disposition: Disposition::Later(d),
-            })
+
+    let mut reports = Vec::with_capacity(posted.len());
+    for p in &posted {
+        if !moved.contains(&p.id) {
+            tracing::warn!(message_id = %p.id, attempt = p.attempt,
+                "the claim ran out during the attempt; another worker owns the message now");
+            reports.push(Report::ack(Step::NotNow));
+            continue;
         }
+        if p.step != Step::RetryScheduled {
+            reports.push(Report::ack(p.step));
+            continue;
+        }
+        // The retry: a new, delayed queue message. If it cannot be sent,
+        // keep the current one instead, invisible until the retry is due.
+        let d = p.delay.unwrap_or_default().min(crate::queue::MAX_DELAY);
+        reports.push(
+            match queue.send(&QueueJob { message_id: p.id }.body(), d).await {
+                Ok(_) => Report::ack(Step::RetryScheduled),
+                Err(e) => {
+                    tracing::warn!(message_id = %p.id, error = %e,
+                    "queueing the retry failed; keeping the current queue message for it");
+                    Report {
+                        step: Step::RetryScheduled,
+                        disposition: Disposition::Later(d),
+                    }
+                }
+            },
+        );
     }
+    Ok(reports)
 }
 
 /// How many messages one activation or one sweep queues at most; the rest

@@ -22,10 +22,12 @@ use crate::messages::delivery::{self, Disposition, Provider, Report, Step, Webho
 use crate::messages::{MessagesConfig, QueueJob};
 use crate::queue::{Queue, QueueError, ReceivedMessage, MAX_RECEIVE};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use futures_util::future::join_all;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use uuid::Uuid;
 
 /// How long the current batch may run on after shutdown is asked.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -116,51 +118,97 @@ impl MessageWorker {
         &self.ctx
     }
 
-    /// Handles one queue message body: `{"message_id": "<uuid>"}`.
-    pub async fn handle(&self, body: &str) -> ApiResult<Report> {
-        let job: QueueJob = serde_json::from_str(body).map_err(|e| {
-            ApiError::validation(format!("a message job is {{\"message_id\": <uuid>}}: {e}"))
-        })?;
-        let r = delivery::deliver_message(&self.ctx, &*self.provider, &*self.queue, job.message_id)
-            .await;
-        self.heartbeat
-            .record(matches!(&r, Ok(rep) if rep.step != Step::Failed));
-        if let Err(e) = &r {
-            tracing::error!(
-                error_id = %new_error_id(),
-                message_id = %job.message_id,
-                error = %e,
-                cause = ?e.cause,
-                "delivery could not be processed; the queue will bring it back"
-            );
+    /// Handles one batch of queue message bodies (`{"message_id": "<uuid>"}`;
+    /// None: a record without a body) with `delivery::deliver_batch`.
+    /// Results are in the order of `bodies`; an error means the queue
+    /// message should come back later.
+    pub async fn handle_batch(self: &Arc<Self>, bodies: &[Option<&str>]) -> Vec<ApiResult<Report>> {
+        let jobs: Vec<ApiResult<Uuid>> = bodies
+            .iter()
+            .map(|body| {
+                let body =
+                    body.ok_or_else(|| ApiError::validation("the queue message has no body"))?;
+                let job: QueueJob = serde_json::from_str(body).map_err(|e| {
+                    ApiError::validation(format!(
+                        "a message job is {{\"message_id\": <uuid>}}: {e}"
+                    ))
+                })?;
+                Ok(job.message_id)
+            })
+            .collect();
+        let ids: Vec<Uuid> = jobs
+            .iter()
+            .filter_map(|j| j.as_ref().ok().copied())
+            .collect();
+        // Its own task, so a panic fails this batch and not the worker.
+        let worker = self.clone();
+        let batch = ids.clone();
+        let delivered = tokio::spawn(async move {
+            delivery::deliver_batch(&worker.ctx, &*worker.provider, &*worker.queue, &batch).await
+        })
+        .await;
+        let delivered: Vec<ApiResult<Report>> = match delivered {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::error!(error_id = %new_error_id(), error = %e, "a delivery batch died");
+                ids.iter()
+                    .map(|_| {
+                        Err(ApiError::internal(anyhow::anyhow!(
+                            "the delivery batch died"
+                        )))
+                    })
+                    .collect()
+            }
+        };
+        let mut delivered = delivered.into_iter().zip(ids);
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let (r, id) = match job {
+                Ok(_) => match delivered.next() {
+                    Some((r, id)) => (r, Some(id)),
+                    None => (
+                        Err(ApiError::internal(anyhow::anyhow!(
+                            "no result for a message"
+                        ))),
+                        None,
+                    ),
+                },
+                Err(e) => (Err(e), None),
+            };
+            self.heartbeat
+                .record(matches!(&r, Ok(rep) if rep.step != Step::Failed));
+            if let Err(e) = &r {
+                tracing::error!(
+                    error_id = %new_error_id(),
+                    message_id = ?id,
+                    error = %e,
+                    cause = ?e.cause,
+                    "delivery could not be processed; the queue will bring it back"
+                );
+            }
+            results.push(r);
         }
-        r
+        results
     }
 
-    /// Handles `messages` concurrently, then settles each on the queue:
+    /// Handles `messages` as one batch, then settles each on the queue:
     /// deleted when done, or made visible again after its delay.
     pub async fn process(self: &Arc<Self>, messages: Vec<ReceivedMessage>) -> BatchTally {
         let mut tally = BatchTally {
             received: messages.len(),
             ..Default::default()
         };
-        let mut set = tokio::task::JoinSet::new();
-        for m in messages {
-            let worker = self.clone();
-            set.spawn(async move {
-                let r = worker.handle(&m.body).await;
-                worker.settle(&m, &r).await;
-                r
-            });
-        }
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok(r) => tally.add(&r),
-                Err(e) => {
-                    tracing::error!(error_id = %new_error_id(), error = %e, "a delivery task died");
-                    tally.errors += 1;
-                }
-            }
+        let bodies: Vec<Option<&str>> = messages.iter().map(|m| Some(m.body.as_str())).collect();
+        let results = self.handle_batch(&bodies).await;
+        join_all(
+            messages
+                .iter()
+                .zip(&results)
+                .map(|(m, r)| self.settle(m, r)),
+        )
+        .await;
+        for r in &results {
+            tally.add(r);
         }
         tally
     }
@@ -214,53 +262,36 @@ impl MessageWorker {
     /// be); the rest are deleted by the event source mapping.
     pub async fn handle_sqs_batch(self: &Arc<Self>, event: SqsEvent) -> SqsBatchResponse {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let mut set = tokio::task::JoinSet::new();
-        for record in event.records {
-            let worker = self.clone();
-            set.spawn(async move {
-                let id = record.message_id.clone().unwrap_or_default();
-                let r = match record.body.as_deref() {
-                    Some(body) => worker.handle(body).await,
-                    None => Err(ApiError::validation("the queue message has no body")),
-                };
-                let keep = match &r {
-                    Ok(Report {
-                        disposition: Disposition::Ack,
-                        ..
-                    }) => false,
-                    Ok(Report {
-                        disposition: Disposition::Later(d),
-                        ..
-                    }) => {
-                        if let Some(handle) = record.receipt_handle.as_deref() {
-                            if let Err(e) = worker.queue.change_visibility(handle, *d).await {
-                                tracing::warn!(queue_message_id = %id, error = %e,
-                                    "could not delay the queue message; it returns after its visibility timeout");
-                            }
+        let bodies: Vec<Option<&str>> = event.records.iter().map(|r| r.body.as_deref()).collect();
+        let results = self.handle_batch(&bodies).await;
+        let keep = join_all(event.records.iter().zip(&results).map(|(record, r)| async move {
+            match r {
+                Ok(Report {
+                    disposition: Disposition::Ack,
+                    ..
+                }) => false,
+                Ok(Report {
+                    disposition: Disposition::Later(d),
+                    ..
+                }) => {
+                    if let Some(handle) = record.receipt_handle.as_deref() {
+                        if let Err(e) = self.queue.change_visibility(handle, *d).await {
+                            tracing::warn!(queue_message_id = ?record.message_id, error = %e,
+                                "could not delay the queue message; it returns after its visibility timeout");
                         }
-                        true
                     }
-                    Err(_) => true,
-                };
-                (id, keep)
-            });
-        }
+                    true
+                }
+                Err(_) => true,
+            }
+        }))
+        .await;
         let mut response = SqsBatchResponse::default();
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((_, false)) => {}
-                Ok((id, true)) => {
-                    let mut f = BatchItemFailure::default();
-                    f.item_identifier = id;
-                    response.batch_item_failures.push(f);
-                }
-                Err(e) => {
-                    // The record's id went down with the task: fail the whole
-                    // batch so nothing is deleted unprocessed.
-                    tracing::error!(error_id = %new_error_id(), error = %e, "a delivery task died");
-                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    return batch_failure_all();
-                }
+        for (record, keep) in event.records.iter().zip(keep) {
+            if keep {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = record.message_id.clone().unwrap_or_default();
+                response.batch_item_failures.push(f);
             }
         }
         self.heartbeat.maybe_beat();
@@ -323,16 +354,6 @@ impl MessageWorker {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }
-}
-
-fn batch_failure_all() -> SqsBatchResponse {
-    // An empty identifier is an invalid item failure, which makes Lambda
-    // treat the whole batch as failed.
-    let mut r = SqsBatchResponse::default();
-    let mut f = BatchItemFailure::default();
-    f.item_identifier = String::new();
-    r.batch_item_failures.push(f);
-    r
 }
 
 /// Resolves once `shutdown` is true or its sender is gone.
