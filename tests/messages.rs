@@ -254,11 +254,15 @@ struct Project {
 }
 
 async fn create_project(s: &TestServer, endpoint: &str) -> Project {
+    create_project_in(s, &s.seed.org_id, endpoint).await
+}
+
+async fn create_project_in(s: &TestServer, org_id: &str, endpoint: &str) -> Project {
     let r = s
         .post(
             "/admin/projects",
             &s.seed.operator_key,
-            &json!({"org_id": s.seed.org_id, "name": "Receiver test", "endpoint_url": endpoint}),
+            &json!({"org_id": org_id, "name": "Receiver test", "endpoint_url": endpoint}),
         )
         .send()
         .await
@@ -269,7 +273,7 @@ async fn create_project(s: &TestServer, endpoint: &str) -> Project {
     let id = p["id"].as_str().unwrap().to_string();
     let key: Value = s
         .post(
-            &format!("/admin/orgs/{}/api-keys", s.seed.org_id),
+            &format!("/admin/orgs/{org_id}/api-keys"),
             &s.seed.operator_key,
             &json!({"name": "project key", "scope": "project", "project_id": id}),
         )
@@ -462,6 +466,81 @@ async fn a_signed_delivery_reaches_a_real_receiver() {
     // Nothing left on the queue, and the secret never reaches the API.
     assert_eq!(queue_depth(&s).await, 0);
     assert!(!shown.to_string().contains(&p.secret[6..]));
+}
+
+#[tokio::test]
+async fn one_batch_across_two_organisations_records_every_outcome_in_its_own_ledger() {
+    use ledgerline::ledger::events::{list_events, verify_chain, ChainStatus};
+    let s = server().await;
+    let ok = Receiver::start(|_| Answer::Status(204)).await;
+    let retry = Receiver::start(|n| Answer::Status(if n == 0 { 503 } else { 204 })).await;
+    let bad = Receiver::start(|_| Answer::Status(400)).await;
+    let first = create_project(&s, &ok.url).await;
+    let (other_org, _, _) = s.new_org("Second org").await;
+    let rejecting = create_project_in(&s, &other_org, &bad.url).await;
+    let flaky = create_project(&s, &retry.url).await;
+    // Interleaved, so the batch mixes organisations and outcomes.
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        sent.push((send_ok(&s, &first).await, "delivered"));
+        sent.push((send_ok(&s, &rejecting).await, "failed"));
+    }
+    let retried = send_ok(&s, &flaky).await;
+
+    let w = worker(&s);
+    let tally = w.work_once().await.unwrap();
+    assert_eq!(tally.received, 7, "{tally:?}");
+    assert_eq!(
+        (tally.delivered, tally.failed, tally.retried),
+        (3, 3, 1),
+        "{tally:?}"
+    );
+    for (id, want) in &sent {
+        assert_eq!(status(&s, *id).await, *want);
+        let key = if *want == "delivered" {
+            &first.key
+        } else {
+            &rejecting.key
+        };
+        let outcome = format!("message.{want}");
+        assert_eq!(
+            types(&events_of(&s, key, *id).await),
+            ["message.queued", "message.attempted", outcome.as_str()]
+        );
+    }
+    assert_eq!(status(&s, retried).await, "queued");
+    assert_eq!(
+        types(&events_of(&s, &flaky.key, retried).await),
+        [
+            "message.queued",
+            "message.attempted",
+            "message.retry_scheduled"
+        ]
+    );
+    assert_eq!(run_until_final(&s, &w, retried).await, "delivered");
+
+    // Each organisation's chain is whole and holds its own messages' events.
+    let c = s.db.pool.get().await.unwrap();
+    let seed_org = Uuid::parse_str(&s.seed.org_id).unwrap();
+    let other_org = Uuid::parse_str(&other_org).unwrap();
+    for (org, want) in [(seed_org, "delivered"), (other_org, "failed")] {
+        let chain = list_events(&**c, org, 0, 1000).await.unwrap();
+        assert!(
+            matches!(verify_chain(chain.iter()), ChainStatus::Intact { events, .. }
+                if events == chain.len() as u64),
+            "{org}"
+        );
+        let outcome = format!("message.{want}");
+        for (id, _) in sent.iter().filter(|(_, o)| *o == want) {
+            let subject = format!("message:{id}");
+            let kinds: Vec<&str> = chain
+                .iter()
+                .filter(|e| e.subject == subject)
+                .map(|e| e.event_type.as_str())
+                .collect();
+            assert_eq!(kinds, ["message.queued", outcome.as_str()]);
+        }
+    }
 }
 
 #[tokio::test]
