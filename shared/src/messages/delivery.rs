@@ -307,7 +307,7 @@ pub async fn deliver_message(
     };
     drop(db);
     match send(ctx, provider, c).await {
-        Sent::Posted(p) => Ok(record(ctx, queue, vec![p]).await?.remove(0)),
+        Sent::Posted(p) => Ok(record(ctx, queue, &[&p]).await?.remove(0)),
         Sent::NoEndpoint(c) => no_endpoint(ctx, c).await,
     }
 }
@@ -343,17 +343,17 @@ pub async fn deliver_batch(
         None => Either::Right(async move { Err(deliver_message(ctx, provider, queue, *id).await) }),
     });
     let outcomes = join_all(work).await;
-    let posted: Vec<Posted> = outcomes
+    let posted: Vec<&Posted> = outcomes
         .iter()
         .filter_map(|o| match o {
-            Ok(Sent::Posted(p)) => Some(p.clone()),
+            Ok(Sent::Posted(p)) => Some(p),
             _ => None,
         })
         .collect();
     let mut recorded = if posted.is_empty() {
         Ok(Vec::new())
     } else {
-        record(ctx, queue, posted).await
+        record(ctx, queue, &posted).await
     }
     .map(Vec::into_iter);
     let mut results = Vec::with_capacity(ids.len());
@@ -554,7 +554,6 @@ fn system_event(event_type: &'static str, id: Uuid, payload: Value) -> NewEvent 
 }
 
 /// A claimed message after its HTTP attempt: what to record.
-#[derive(Clone)]
 struct Posted {
     id: Uuid,
     project_id: Uuid,
@@ -731,12 +730,7 @@ async fn no_endpoint(ctx: &AppContext, c: Claimed) -> ApiResult<Report> {
 /// so concurrent batches take the organisations' heads in one order, and
 /// one flush makes the whole batch durable. Then retries are queued.
 /// Reports are in the order of `posted`.
-async fn record(
-    ctx: &AppContext,
-    queue: &dyn Queue,
-    posted: Vec<Posted>,
-) -> ApiResult<Vec<Report>> {
-    let col = |f: fn(&Posted) -> Value| posted.iter().map(f).collect::<Vec<_>>();
+async fn record(ctx: &AppContext, queue: &dyn Queue, posted: &[&Posted]) -> ApiResult<Vec<Report>> {
     let ids: Vec<Uuid> = posted.iter().map(|p| p.id).collect();
     let attempts: Vec<i32> = posted.iter().map(|p| p.attempt).collect();
     let status_codes: Vec<Option<i32>> = posted.iter().map(|p| p.status_code).collect();
@@ -745,10 +739,10 @@ async fn record(
     let outcomes: Vec<&str> = posted.iter().map(|p| p.outcome).collect();
     let started: Vec<DateTime<Utc>> = posted.iter().map(|p| p.started_at).collect();
     let projects: Vec<Uuid> = posted.iter().map(|p| p.project_id).collect();
-    let attempted = col(|p| p.attempted.clone());
+    let attempted: Vec<&Value> = posted.iter().map(|p| &p.attempted).collect();
     let next_status: Vec<&str> = posted.iter().map(|p| p.next_status).collect();
     let outcome_events: Vec<&str> = posted.iter().map(|p| p.outcome_event).collect();
-    let details = col(|p| p.details.clone());
+    let details: Vec<&Value> = posted.iter().map(|p| &p.details).collect();
     let last_errors: Vec<Option<&str>> = posted.iter().map(|p| p.last_error.as_deref()).collect();
     let delays: Vec<f64> = posted
         .iter()
@@ -839,7 +833,7 @@ async fn record(
     drop(db);
 
     let mut reports = Vec::with_capacity(posted.len());
-    for p in &posted {
+    for p in posted {
         if !moved.contains(&p.id) {
             tracing::warn!(message_id = %p.id, attempt = p.attempt,
                 "the claim ran out during the attempt; another worker owns the message now");
