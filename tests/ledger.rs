@@ -14,7 +14,7 @@ use uuid::Uuid;
 async fn append_one(s: &TestServer, org: Uuid, n: usize) -> u64 {
     let p = commit_event(s, org, n).await;
     let c = s.db.pool.get().await.unwrap();
-    settle(&**c, p).await.unwrap().0
+    settle(&c, p).await.unwrap().0
 }
 
 /// Appends an event in a transaction of its own and commits it (which
@@ -456,7 +456,7 @@ fn spawn_append(s: &TestServer, org: Uuid, n: usize) -> tokio::task::JoinHandle<
     tokio::spawn(async move {
         let p = commit_event_on(&pool, org, n, now).await;
         let c = pool.get().await.unwrap();
-        settle(&**c, p).await.unwrap().0
+        settle(&c, p).await.unwrap().0
     })
 }
 

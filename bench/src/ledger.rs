@@ -187,7 +187,7 @@ async fn write_once(
                 .await
                 .map_err(ApiError::into_anyhow)?;
             tx.commit().await?;
-            events::settle(&***client, pending)
+            events::settle(&*client, pending)
                 .await
                 .map_err(ApiError::into_anyhow)?;
         }

@@ -48,7 +48,7 @@ impl Actor {
     }
 }
 
-type Tx<'a> = tokio_postgres::Transaction<'a>;
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 #[derive(Debug, Serialize)]
 pub struct Organization {
@@ -267,7 +267,7 @@ pub async fn create_user(
             "'role' must be one of owner, admin, member",
         ));
     }
-    get_org(tx, org_id).await?;
+    get_org(&**tx, org_id).await?;
     let row = tx
         .query_opt(
             "INSERT INTO users (id, org_id, email, name, role) VALUES ($1, $2, $3, $4, $5)
@@ -339,7 +339,7 @@ pub async fn create_org_key(
             ))
         }
     };
-    get_org(db, org_id).await?;
+    get_org(&**db, org_id).await?;
     if let Some(user) = input.user_id {
         let found = db
             .query_opt(
@@ -379,7 +379,7 @@ pub async fn create_org_key(
         _ => None,
     };
     let issued = insert_key(
-        tx,
+        &**tx,
         scope,
         Some(org_id),
         project,

@@ -322,7 +322,7 @@ impl Record<'_> {
     /// Appends the event and inserts the row in the caller's transaction.
     async fn insert(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
         actor: &Actor,
     ) -> ApiResult<Pending> {
         let pending = append(tx, self.org_id, &self.event(actor), actor.at).await?;
@@ -464,7 +464,7 @@ pub async fn upload_evidence(
             }
         }
     };
-    let seq = settle_committed(&**db, org_id, pending).await;
+    let seq = settle_committed(&db, org_id, pending).await;
     tracing::info!(
         org_id = %org_id,
         evidence_id = %rec.evidence_id,
@@ -963,7 +963,7 @@ pub async fn complete_direct_upload(
     )
     .await?;
     tx.commit().await?;
-    let seq = settle_committed(&**db, org_id, pending).await;
+    let seq = settle_committed(&db, org_id, pending).await;
     tracing::info!(
         org_id = %org_id,
         evidence_id = %rec.evidence_id,

@@ -32,7 +32,7 @@ pub(crate) async fn sequenced(
     org: uuid::Uuid,
     pending: Option<crate::ledger::events::Pending>,
 ) -> Option<u64> {
-    crate::ledger::events::settle_committed(&***db, org, pending?).await
+    crate::ledger::events::settle_committed(db, org, pending?).await
 }
 
 /// Adds `ledger_seq` (the seq of the event recording the change) to a body.

@@ -2,6 +2,7 @@
 //! appending in the caller's transaction (sequenced at its commit),
 //! reading, and chain verification.
 
+use crate::db;
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -113,28 +114,28 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
 /// before telling anyone: the commit is asynchronous and settling makes it
 /// durable.
 pub async fn append(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     org_id: Uuid,
     ev: &NewEvent,
     now: DateTime<Utc>,
 ) -> ApiResult<Pending> {
     let payload = canonical_json(&ev.payload);
-    let row = tx
-        .query_typed_one(
-            "INSERT INTO ledger_events
-                 (org_id, event_type, subject, actor, request_id, payload, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            &[
-                (&org_id, Type::UUID),
-                (&ev.event_type, Type::TEXT),
-                (&ev.subject, Type::TEXT),
-                (&ev.actor, Type::TEXT),
-                (&ev.request_id, Type::TEXT),
-                (&payload, Type::TEXT),
-                (&now, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await?;
+    let row = db::query_one(
+        tx,
+        "INSERT INTO ledger_events
+             (org_id, event_type, subject, actor, request_id, payload, recorded_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        &[
+            &org_id,
+            &ev.event_type,
+            &ev.subject,
+            &ev.actor,
+            &ev.request_id,
+            &payload,
+            &now,
+        ],
+    )
+    .await?;
     Ok(Pending(row.get(0)))
 }
 
@@ -185,19 +186,22 @@ pub async fn append_all(
 /// After the commit that appended `pending`: waits until that commit is
 /// durable (`ledger_settle`, migrations/V6) and returns the event's seq and
 /// hash.
-pub async fn settle(db: &impl GenericClient, pending: Pending) -> ApiResult<(u64, Hash)> {
-    let row = db
-        .query_typed_opt(
-            "SELECT out_seq, out_hash FROM ledger_settle($1)",
-            &[(&pending.0, Type::INT8)],
-        )
-        .await?
-        .ok_or_else(|| {
-            ApiError::internal(anyhow::anyhow!(
-                "ledger event {} was not committed",
-                pending.0
-            ))
-        })?;
+pub async fn settle(
+    db: &impl deadpool_postgres::GenericClient,
+    pending: Pending,
+) -> ApiResult<(u64, Hash)> {
+    let row = db::query_opt(
+        db,
+        "SELECT out_seq, out_hash FROM ledger_settle($1)",
+        &[&pending.0],
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!(
+            "ledger event {} was not committed",
+            pending.0
+        ))
+    })?;
     let seq: i64 = row.get(0);
     Ok((seq as u64, to_hash(row.get(1))?))
 }
@@ -215,7 +219,7 @@ pub async fn flush(db: &impl GenericClient) -> ApiResult<()> {
 /// change and its sequenced event stand and become durable with the next
 /// WAL flush; None is returned and the cause logged.
 pub async fn settle_committed(
-    db: &impl GenericClient,
+    db: &impl deadpool_postgres::GenericClient,
     org_id: Uuid,
     pending: Pending,
 ) -> Option<u64> {

@@ -539,7 +539,7 @@ async fn finish_failed(
     )
     .await?;
     tx.commit().await?;
-    ledger::settle_committed(&***db, org_id, pending).await;
+    ledger::settle_committed(db, org_id, pending).await;
     Ok(())
 }
 

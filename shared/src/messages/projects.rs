@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-type Tx<'a> = tokio_postgres::Transaction<'a>;
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// The tier a project gets when none is named.
 pub const DEFAULT_TIER: &str = "free";
@@ -202,7 +202,7 @@ pub async fn create_project(
     check_name(&input.name)?;
     let endpoint = validate_endpoint(&input.endpoint_url, allow_insecure)?;
     let tier = input.tier_id.as_deref().unwrap_or(DEFAULT_TIER);
-    let limits = tier_limits(tx, tier).await?;
+    let limits = tier_limits(&**tx, tier).await?;
     let org_exists = tx
         .query_opt(
             "SELECT 1 FROM organizations WHERE id = $1",
@@ -407,7 +407,7 @@ pub async fn apply_tier(
     tier_id: &str,
     actor: &Actor,
 ) -> ApiResult<LimitsChange> {
-    let limits = tier_limits(tx, tier_id).await?;
+    let limits = tier_limits(&**tx, tier_id).await?;
     let before = lock_project(tx, id).await?;
     write_limits(
         tx,

@@ -203,7 +203,7 @@ pub async fn send_message(
     )
     .await?;
     tx.commit().await?;
-    ledger::settle_committed(&**db, org_id, pending).await;
+    ledger::settle_committed(&db, org_id, pending).await;
     // Never hold a connection while the (Postgres) queue takes one.
     drop(db);
     let job = QueueJob { message_id: id };
