@@ -152,12 +152,16 @@ pg_running() {
 #   can corrupt the cluster). Without it the cluster is durable.
 # Exports DATABASE_URL, LEDGERLINE_PG_PORT and LEDGERLINE_PG_DATA.
 start_postgres() {
-  local fast=0
-  if [[ "${1:-}" == "--fast" ]]; then
-    fast=1
+  local fast=0 tls=0
+  while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+      --fast) fast=1 ;;
+      --tls) tls=1 ;;
+      *) die "start_postgres: unknown option $1" ;;
+    esac
     shift
-  fi
-  local dir="${1:?start_postgres [--fast] DIR PORT}" port="${2:?start_postgres [--fast] DIR PORT}"
+  done
+  local dir="${1:?start_postgres [--fast] [--tls] DIR PORT}" port="${2:?start_postgres [--fast] [--tls] DIR PORT}"
   [[ -n "${PG_BIN:-}" ]] || ensure_postgres
   ensure_pg_os_user
 
@@ -193,6 +197,9 @@ EOF
       echo "include_if_exists = 'ledgerline.conf'" >>"$dir/postgresql.conf"
       if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER:" "$dir/pg_hba.conf"; fi
     fi
+    if ((tls)); then
+      pg_tls_files "$dir/tls"
+    fi
     # Rewritten on every start, so port and durability follow the caller.
     local sockdir="$dir"
     # A unix socket path is limited to ~107 bytes; skip the socket if too long.
@@ -214,6 +221,11 @@ EOF
         echo "fsync = on"
         echo "synchronous_commit = on"
         echo "full_page_writes = on"
+      fi
+      if ((tls)); then
+        echo "ssl = on"
+        echo "ssl_cert_file = '$dir/tls/server.crt'"
+        echo "ssl_key_file = '$dir/tls/server.key'"
       fi
     } >"$dir/ledgerline.conf"
     if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER:" "$dir/ledgerline.conf"; fi
@@ -246,8 +258,37 @@ EOF
   fi
 
   export LEDGERLINE_PG_DATA="$dir" LEDGERLINE_PG_PORT="$port"
+  if ((tls)); then
+    # The CA that signed the server's certificate (for sslrootcert=).
+    export LEDGERLINE_PG_CA="$dir/tls/ca.pem"
+  fi
   export DATABASE_URL="postgres://ledgerline@127.0.0.1:$port/ledgerline"
   log "DATABASE_URL=$DATABASE_URL"
+}
+
+# A throwaway CA and a server certificate it signed for localhost and
+# 127.0.0.1, in DIR (kept if present), readable by the Postgres user.
+pg_tls_files() {
+  local dir="${1:?pg_tls_files DIR}"
+  [[ -f "$dir/server.crt" && -f "$dir/ca.pem" ]] && return 0
+  command -v openssl >/dev/null || die "openssl is needed to make the test cluster's TLS certificate"
+  mkdir -p "$dir"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -days 7 -subj "/CN=Ledgerline test CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null || die "could not make the test CA"
+  openssl req "${ec[@]}" -subj "/CN=localhost" \
+    -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null || die "could not make the server key"
+  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 7 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null \
+    || die "could not sign the server certificate"
+  rm -f "$dir/ca.key" "$dir/server.csr" "$dir/server.ext" "$dir/ca.srl"
+  chmod 600 "$dir/server.key"
+  if [[ $EUID -eq 0 ]]; then chown -R "$PG_OS_USER:" "$dir"; fi
+  chmod 755 "$dir"
+  chmod 644 "$dir/ca.pem" "$dir/server.crt"
 }
 
 stop_postgres() {

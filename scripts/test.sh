@@ -59,7 +59,8 @@ start_services() {
   # Fresh cluster per run, in a directory the Postgres user owns (the repo
   # may not be readable by it).
   PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ledgerline-pg-test.XXXXXX")"
-  start_postgres --fast "$PG_DIR" "$pg_port"
+  # TLS on, so tests can connect either way (tests/postgres_tls.rs).
+  start_postgres --fast --tls "$PG_DIR" "$pg_port"
   start_moto "$moto_port"
 
   # Tests create their own databases from this admin URL.
@@ -70,7 +71,9 @@ start_services() {
   export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
   export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
   unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL
+  export LEDGERLINE_TEST_PG_CA="$LEDGERLINE_PG_CA"
   echo "LEDGERLINE_TEST_DATABASE_URL=$LEDGERLINE_TEST_DATABASE_URL"
+  echo "LEDGERLINE_TEST_PG_CA=$LEDGERLINE_TEST_PG_CA"
   echo "LEDGERLINE_TEST_AWS_ENDPOINT=$LEDGERLINE_TEST_AWS_ENDPOINT"
 }
 

@@ -1427,3 +1427,90 @@ mod pg_only {
         assert!((29.0..=30.5).contains(&secs), "visible in {secs} s");
     }
 }
+
+// ------------------------------------------------------------ Postgres TLS --
+
+/// The CA of the test cluster's server certificate (`scripts/test.sh` starts
+/// Postgres with TLS on and sets it).
+fn pg_ca() -> String {
+    std::env::var("LEDGERLINE_TEST_PG_CA").unwrap_or_else(|_| {
+        panic!(
+            "LEDGERLINE_TEST_PG_CA is not set: run the tests with `scripts/test.sh`, \
+             which starts Postgres with TLS and sets it"
+        )
+    })
+}
+
+/// Whether a connection made with `url` (through `db::pool`, as the
+/// service connects) is encrypted, as the server sees it.
+async fn connects_with_tls(url: &str) -> Result<bool, String> {
+    let pool = ledgerline::db::pool(url, 1).map_err(|e| format!("{e:#}"))?;
+    let client = pool.get().await.map_err(|e| format!("{e:?}"))?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+/// `sslmode` and `sslrootcert` mean what they mean to libpq: `verify-full`
+/// connects only to a server whose certificate chains to the given CA (or
+/// the system's, which do not know the test CA) and names the host;
+/// `prefer` (the default) and `require` encrypt; `disable` does not.
+/// Migrations run over the same connection.
+#[tokio::test]
+async fn postgres_connections_use_tls_as_the_connection_string_asks() {
+    let db = test_db().await;
+    let ca = pg_ca();
+    let with = |query: &str| format!("{}?{query}", db.url);
+    let ca_param = ca.replace('/', "%2F");
+
+    let verified = with(&format!("sslmode=verify-full&sslrootcert={ca_param}"));
+    assert_eq!(connects_with_tls(&verified).await, Ok(true));
+    ledgerline::db::migrate(&verified)
+        .await
+        .expect("migrations run over a verified TLS connection");
+    // The certificate names localhost as well as 127.0.0.1.
+    let by_name = verified.replace("@127.0.0.1:", "@localhost:");
+    assert_ne!(by_name, verified);
+    assert_eq!(connects_with_tls(&by_name).await, Ok(true));
+
+    assert_eq!(connects_with_tls(&db.url).await, Ok(true), "prefer");
+    assert_eq!(connects_with_tls(&with("sslmode=require")).await, Ok(true));
+    assert_eq!(connects_with_tls(&with("sslmode=disable")).await, Ok(false));
+
+    // The system's roots do not include the test CA: no connection.
+    let refused = connects_with_tls(&with("sslmode=verify-full"))
+        .await
+        .expect_err("an untrusted certificate is refused");
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    // Nor with a CA file that did not sign it.
+    let other_ca = std::env::temp_dir().join(format!("ll-other-ca-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&other_ca, OTHER_CA_PEM).unwrap();
+    let refused = connects_with_tls(&with(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    )))
+    .await
+    .expect_err("a certificate from another CA is refused");
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    std::fs::remove_file(&other_ca).unwrap();
+}
+
+/// A self-signed CA certificate that signed nothing the tests use.
+const OTHER_CA_PEM: &str = r"-----BEGIN CERTIFICATE-----
+MIIBsDCCAVegAwIBAgIUGS8Gu1L5LMikNLtJGjkV2prJQHgwCgYIKoZIzj0EAwIw
+JTEjMCEGA1UEAwwaTm90IHRoZSBMZWRnZXJsaW5lIHRlc3QgQ0EwIBcNMjYxMTIz
+MjE1MDMwWhgPMjEyNjEwMzAyMTUwMzBaMCUxIzAhBgNVBAMMGk5vdCB0aGUgTGVk
+Z2VybGluZSB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEaziNVIOQ
+xiqKUiSPMhdWVd2KhugH7NMGoddWnkbpmA0jkbzVft1Zy12Pt53sVoxvwYMhL+vv
+MJqn36jzrGdRFKNjMGEwHQYDVR0OBBYEFO++Z72qQrjJ3+c4j/eexEyMnT0DMB8G
+A1UdIwQYMBaAFO++Z72qQrjJ3+c4j/eexEyMnT0DMA8GA1UdEwEB/wQFMAMBAf8w
+DgYDVR0PAQH/BAQDAgEGMAoGCCqGSM49BAMCA0cAMEQCIG5X5N2epzDYTmA0H/AH
+dmNYlVEHHUGMuHKtdK6y3TpWAiAr8vxuRe7Q/6tSsuKhkWrX5G05YL3PQnA1plXY
+fEsNrg==
+-----END CERTIFICATE-----
+";

@@ -4,18 +4,19 @@ use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+
+pub mod tls;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
 }
 
 /// A lazily connecting pool: building it does no I/O, so Lambda cold starts
-/// pay for a connection only when the first request needs one.
+/// pay for a connection only when the first request needs one. TLS as the
+/// connection string asks ([`tls::parse`]).
 pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let mut pg: tokio_postgres::Config = database_url
-        .parse()
-        .context("DATABASE_URL is not a valid Postgres connection string")?;
+    let (mut pg, tls) = tls::parse(database_url)?;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(Duration::from_secs(5));
     }
@@ -24,7 +25,7 @@ pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
     }
     let mgr = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -48,7 +49,9 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
 /// Applies migrations up to and including `version` (None: all of them);
 /// tests use it to check a migration against data left by older ones.
 pub async fn migrate_to(database_url: &str, version: Option<u32>) -> anyhow::Result<Vec<String>> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
+    let (pg, tls) = tls::parse(database_url)?;
+    let (mut client, connection) = pg
+        .connect(tls)
         .await
         .context("connecting to the database (is DATABASE_URL right and the server up?)")?;
     let conn = tokio::spawn(connection);
