@@ -7,7 +7,6 @@ use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -146,7 +145,7 @@ pub async fn append(
 /// the organisations' heads in one order. Returns nothing: call [`flush`]
 /// after the commit.
 pub async fn append_all(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     events: &[(Uuid, NewEvent)],
     now: DateTime<Utc>,
 ) -> ApiResult<()> {
@@ -162,21 +161,16 @@ pub async fn append_all(
         .iter()
         .map(|(_, e)| canonical_json(&e.payload))
         .collect();
-    tx.query_typed(
+    db::execute(
+        tx,
         "INSERT INTO ledger_events
              (org_id, event_type, subject, actor, request_id, payload, recorded_at)
-         SELECT org_id, event_type, subject, actor, request_id, payload, $7
+         SELECT org_id, event_type, subject, actor, request_id, payload, $7::timestamptz
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
                 WITH ORDINALITY AS e (org_id, event_type, subject, actor, request_id, payload, n)
           ORDER BY n",
         &[
-            (&orgs, Type::UUID_ARRAY),
-            (&types, Type::TEXT_ARRAY),
-            (&subjects, Type::TEXT_ARRAY),
-            (&actors, Type::TEXT_ARRAY),
-            (&requests, Type::TEXT_ARRAY),
-            (&payloads, Type::TEXT_ARRAY),
-            (&now, Type::TIMESTAMPTZ),
+            &orgs, &types, &subjects, &actors, &requests, &payloads, &now,
         ],
     )
     .await?;
