@@ -28,15 +28,15 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// What the connection string asked of TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    pub mode: SslMode,
-    /// Check the server's certificate (and against which roots: None is
-    /// the system's trust store).
-    pub verify: Option<Verify>,
+struct TlsSettings {
+    mode: SslMode,
+    /// Check the server's certificate, and against which roots (None: do
+    /// not check it).
+    verify: Option<Verify>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verify {
+enum Verify {
     SystemRoots,
     RootCert(String),
 }
@@ -55,7 +55,7 @@ pub fn parse(database_url: &str) -> anyhow::Result<(tokio_postgres::Config, Make
 /// Takes `sslmode` and `sslrootcert` out of a connection string: the
 /// string left (for tokio-postgres, which knows neither `verify-*` nor
 /// `sslrootcert`) and what they ask for.
-pub fn split(database_url: &str) -> anyhow::Result<(String, TlsSettings)> {
+fn split(database_url: &str) -> anyhow::Result<(String, TlsSettings)> {
     let url_form =
         database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
     let mut mode = None;
@@ -68,15 +68,18 @@ pub fn split(database_url: &str) -> anyhow::Result<(String, TlsSettings)> {
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match k {
+                "sslmode" => &mut mode,
+                "sslrootcert" => &mut root,
+                _ => {
+                    kept.push(pair);
+                    continue;
+                }
+            };
             let v = percent_decode_str(v)
                 .decode_utf8()
-                .with_context(|| format!("DATABASE_URL: {k} is not valid UTF-8"))?
-                .into_owned();
-            match k {
-                "sslmode" => mode = Some(v),
-                "sslrootcert" => root = Some(v),
-                _ => kept.push(pair),
-            }
+                .with_context(|| format!("DATABASE_URL: {k} is not valid UTF-8"))?;
+            *slot = Some(v.into_owned());
         }
         if kept.is_empty() {
             base.to_string()
