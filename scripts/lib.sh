@@ -147,9 +147,11 @@ pg_running() {
   as_pg_user "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1
 }
 
-# start_postgres [--fast] DIR PORT
+# start_postgres [--fast] [--tls] DIR PORT
 #   --fast: fsync/synchronous_commit/full_page_writes off (tests only: a crash
 #   can corrupt the cluster). Without it the cluster is durable.
+#   --tls: TLS on as well as plaintext, with a certificate from a throwaway
+#   CA (pg_tls_files); exports LEDGERLINE_PG_CA, that CA's certificate.
 # Exports DATABASE_URL, LEDGERLINE_PG_PORT and LEDGERLINE_PG_DATA.
 start_postgres() {
   local fast=0 tls=0
@@ -267,10 +269,14 @@ EOF
 }
 
 # A throwaway CA and a server certificate it signed for localhost and
-# 127.0.0.1, in DIR (kept if present), readable by the Postgres user.
+# 127.0.0.1, in DIR (kept while it has a day to run), readable by the
+# Postgres user.
 pg_tls_files() {
   local dir="${1:?pg_tls_files DIR}"
-  [[ -f "$dir/server.crt" && -f "$dir/ca.pem" ]] && return 0
+  if [[ -f "$dir/ca.pem" && -f "$dir/server.crt" ]] \
+    && openssl x509 -checkend 86400 -noout -in "$dir/server.crt" >/dev/null 2>&1; then
+    return 0
+  fi
   command -v openssl >/dev/null || die "openssl is needed to make the test cluster's TLS certificate"
   mkdir -p "$dir"
   local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
