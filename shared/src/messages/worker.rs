@@ -213,26 +213,41 @@ impl MessageWorker {
         tally
     }
 
+    /// Deletes a finished queue message; one to come back is kept.
     async fn settle(&self, m: &ReceivedMessage, r: &ApiResult<Report>) {
-        let result = match r {
+        if self.keep(&m.id, Some(&m.receipt_handle), r).await {
+            return;
+        }
+        if let Err(e) = self.queue.delete(&m.receipt_handle).await {
+            tracing::warn!(queue_message_id = %m.id, error = %e,
+                "deleting a finished queue message failed; it will be delivered again (harmlessly)");
+        }
+    }
+
+    /// What both ways of running do with a queue message after `r`: false
+    /// when it is finished; true when the queue should keep it, after
+    /// setting when it comes back if the report says (otherwise, as after
+    /// an error, it comes back when its visibility timeout ends).
+    async fn keep(&self, queue_id: &str, receipt: Option<&str>, r: &ApiResult<Report>) -> bool {
+        match r {
             Ok(Report {
                 disposition: Disposition::Ack,
                 ..
-            }) => self.queue.delete(&m.receipt_handle).await,
+            }) => false,
             Ok(Report {
                 disposition: Disposition::Later(d),
                 ..
             }) => {
-                self.queue
-                    .change_visibility(&m.receipt_handle, (*d).min(crate::queue::MAX_VISIBILITY))
-                    .await
+                if let Some(handle) = receipt {
+                    let d = (*d).min(crate::queue::MAX_VISIBILITY);
+                    if let Err(e) = self.queue.change_visibility(handle, d).await {
+                        tracing::warn!(queue_message_id = %queue_id, error = %e,
+                            "could not delay the queue message; it returns after its visibility timeout");
+                    }
+                }
+                true
             }
-            // Left as it is: visible again when its visibility timeout ends.
-            Err(_) => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(queue_message_id = %m.id, error = %e,
-                "settling a queue message failed; it will be delivered again (harmlessly)");
+            Err(_) => true,
         }
     }
 
@@ -264,26 +279,9 @@ impl MessageWorker {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let bodies: Vec<Option<&str>> = event.records.iter().map(|r| r.body.as_deref()).collect();
         let results = self.handle_batch(&bodies).await;
-        let keep = join_all(event.records.iter().zip(&results).map(|(record, r)| async move {
-            match r {
-                Ok(Report {
-                    disposition: Disposition::Ack,
-                    ..
-                }) => false,
-                Ok(Report {
-                    disposition: Disposition::Later(d),
-                    ..
-                }) => {
-                    if let Some(handle) = record.receipt_handle.as_deref() {
-                        if let Err(e) = self.queue.change_visibility(handle, *d).await {
-                            tracing::warn!(queue_message_id = ?record.message_id, error = %e,
-                                "could not delay the queue message; it returns after its visibility timeout");
-                        }
-                    }
-                    true
-                }
-                Err(_) => true,
-            }
+        let keep = join_all(event.records.iter().zip(&results).map(|(record, r)| {
+            let id = record.message_id.as_deref().unwrap_or_default();
+            self.keep(id, record.receipt_handle.as_deref(), r)
         }))
         .await;
         let mut response = SqsBatchResponse::default();
