@@ -832,36 +832,33 @@ async fn record(ctx: &AppContext, queue: &dyn Queue, posted: &[&Posted]) -> ApiR
     // Never hold a connection while the (Postgres) queue takes one.
     drop(db);
 
-    let mut reports = Vec::with_capacity(posted.len());
-    for p in posted {
+    // Retries are sent concurrently: each is its own queue message.
+    let moved = &moved;
+    let reports = posted.iter().map(|p| async move {
         if !moved.contains(&p.id) {
             tracing::warn!(message_id = %p.id, attempt = p.attempt,
                 "the claim ran out during the attempt; another worker owns the message now");
-            reports.push(Report::ack(Step::NotNow));
-            continue;
+            return Report::ack(Step::NotNow);
         }
         if p.step != Step::RetryScheduled {
-            reports.push(Report::ack(p.step));
-            continue;
+            return Report::ack(p.step);
         }
         // The retry: a new, delayed queue message. If it cannot be sent,
         // keep the current one instead, invisible until the retry is due.
         let d = p.delay.unwrap_or_default().min(crate::queue::MAX_DELAY);
-        reports.push(
-            match queue.send(&QueueJob { message_id: p.id }.body(), d).await {
-                Ok(_) => Report::ack(Step::RetryScheduled),
-                Err(e) => {
-                    tracing::warn!(message_id = %p.id, error = %e,
+        match queue.send(&QueueJob { message_id: p.id }.body(), d).await {
+            Ok(_) => Report::ack(Step::RetryScheduled),
+            Err(e) => {
+                tracing::warn!(message_id = %p.id, error = %e,
                     "queueing the retry failed; keeping the current queue message for it");
-                    Report {
-                        step: Step::RetryScheduled,
-                        disposition: Disposition::Later(d),
-                    }
+                Report {
+                    step: Step::RetryScheduled,
+                    disposition: Disposition::Later(d),
                 }
-            },
-        );
-    }
-    Ok(reports)
+            }
+        }
+    });
+    Ok(join_all(reports).await)
 }
 
 /// How many messages one activation or one sweep queues at most; the rest
