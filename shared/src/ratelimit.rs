@@ -57,18 +57,8 @@ pub async fn check(
     now: DateTime<Utc>,
 ) -> Result<Decision, tokio_postgres::Error> {
     let (start, end) = window(now, window_secs);
-    let retry_after = ((end - now).num_milliseconds().max(0) as u64)
-        .div_ceil(1000)
-        .max(1);
-    let denied = Decision {
-        allowed: false,
-        limit,
-        remaining: 0,
-        reset_at: end,
-        retry_after,
-    };
     if limit == 0 {
-        return Ok(denied);
+        return Ok(decide(limit, end, now, None));
     }
     // rate_limit_hit (migrations/V7): the upsert, committed asynchronously.
     let hit = client
@@ -77,19 +67,23 @@ pub async fn check(
     let row = client
         .query_opt(&hit, &[&bucket, &start, &end, &(limit as i32)])
         .await?;
-    Ok(match row {
-        Some(r) => {
-            let count: i32 = r.get(0);
-            Decision {
-                allowed: true,
-                limit,
-                remaining: limit.saturating_sub(count as u32),
-                reset_at: end,
-                retry_after,
-            }
-        }
-        None => denied,
-    })
+    Ok(decide(limit, end, now, row.map(|r| r.get(0))))
+}
+
+/// The decision for a window ending at `end` whose counter moved to `count`
+/// (`None`: it did not move, the window being full). For callers that
+/// count in SQL of their own (`rate_limit_hit`, migrations/V7).
+pub fn decide(limit: u32, end: DateTime<Utc>, now: DateTime<Utc>, count: Option<i32>) -> Decision {
+    let retry_after = ((end - now).num_milliseconds().max(0) as u64)
+        .div_ceil(1000)
+        .max(1);
+    Decision {
+        allowed: count.is_some(),
+        limit,
+        remaining: count.map_or(0, |c| limit.saturating_sub(c.max(0) as u32)),
+        reset_at: end,
+        retry_after,
+    }
 }
 
 #[cfg(test)]

@@ -479,17 +479,21 @@ async fn write_limits(
 /// anything else runs: a suspended project is refused here (403
 /// `project_suspended`), then the per-minute burst and the per-day message
 /// limit are counted (the pipeline answers 429 with the decision's headers).
-/// Returns the decision with the fewest requests remaining.
+/// One statement does it all (`project_admit`, migrations/V8). Returns the
+/// decision with the fewest requests remaining.
 pub async fn admit_message(
     db: &deadpool_postgres::Client,
     principal: &Principal,
     now: DateTime<Utc>,
 ) -> ApiResult<Decision> {
     let project = principal.project_id.ok_or_else(project_key_needed)?;
+    let (minute_start, minute_end) = ratelimit::window(now, 60);
+    let (day_start, day_end) = ratelimit::window(now, 86_400);
     let row = crate::db::query_opt(
         db,
-        "SELECT status, burst_per_minute, messages_per_day FROM projects WHERE id = $1",
-        &[&project],
+        "SELECT out_status, out_burst, out_per_day, out_burst_count, out_day_count
+           FROM project_admit($1, $2, $3, $4, $5)",
+        &[&project, &minute_start, &minute_end, &day_start, &day_end],
     )
     .await?
     .ok_or_else(|| ApiError::not_found("project"))?;
@@ -497,27 +501,12 @@ pub async fn admit_message(
     if status != "active" {
         return Err(project_suspended());
     }
-    let burst: i32 = row.get(1);
-    let per_day: i32 = row.get(2);
-    let minute = ratelimit::check(
-        db,
-        &format!("project-burst:{project}"),
-        burst.max(0) as u32,
-        60,
-        now,
-    )
-    .await?;
+    let limit = |i: usize| row.get::<_, i32>(i).max(0) as u32;
+    let minute = ratelimit::decide(limit(1), minute_end, now, row.get(3));
     if !minute.allowed {
         return Ok(minute);
     }
-    let day = ratelimit::check(
-        db,
-        &format!("project-day:{project}"),
-        per_day.max(0) as u32,
-        86_400,
-        now,
-    )
-    .await?;
+    let day = ratelimit::decide(limit(2), day_end, now, row.get(4));
     if !day.allowed || day.remaining < minute.remaining {
         return Ok(day);
     }

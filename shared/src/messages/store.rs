@@ -10,6 +10,7 @@ use crate::ledger::events::{self as ledger, NewEvent};
 use crate::messages::projects::project_suspended;
 use crate::messages::QueueJob;
 use chrono::{DateTime, Utc};
+use futures_util::future::try_join;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -157,51 +158,51 @@ pub async fn send_message(
         ));
     }
     let id = Uuid::new_v4();
-    let row = db::query_one(
-        &tx,
-        "INSERT INTO messages (id, project_id, org_id, recipient, event_type, body, metadata,
-                                   idempotency_key, request_id, enqueued_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
-             RETURNING created_at",
-        &[
-            &id,
-            &project_id,
-            &org_id,
-            &recipient,
-            &event_type,
-            &input.body,
-            &metadata,
-            &idempotency_key,
-            &actor.request_id,
-        ],
-    )
-    .await?;
-    let created_at: DateTime<Utc> = row.get(0);
-    insert_event(
-        &tx,
-        id,
-        project_id,
-        "message.queued",
-        json!({"request_id": actor.request_id}),
-    )
-    .await?;
     let body_sha256 = hex::encode(Sha256::digest(
         serde_json::to_vec(&input.body).unwrap_or_default(),
     ));
-    let pending = ledger::append(
-        &tx,
-        org_id,
-        &NewEvent {
-            event_type: "message.queued",
-            subject: format!("message:{id}"),
-            actor: actor.label(),
-            request_id: actor.request_id.clone(),
-            payload: json!({"project_id": project_id, "event_type": event_type,
-                            "body_sha256": body_sha256}),
-        },
-        actor.at,
-    )
-    .await?;
+    let ledger_event = NewEvent {
+        event_type: "message.queued",
+        subject: format!("message:{id}"),
+        actor: actor.label(),
+        request_id: actor.request_id.clone(),
+        payload: json!({"project_id": project_id, "event_type": event_type,
+                        "body_sha256": body_sha256}),
+    };
+    let queued = json!({"request_id": actor.request_id});
+    // The message with its first timeline event, and its ledger event: two
+    // independent statements, sent together (one round trip).
+    let insert = async {
+        let row = db::query_one(
+            &tx,
+            "WITH m AS (
+                 INSERT INTO messages (id, project_id, org_id, recipient, event_type, body,
+                                       metadata, idempotency_key, request_id, enqueued_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+                 RETURNING id, project_id, created_at
+             ), e AS (
+                 INSERT INTO message_events (message_id, project_id, event_type, details)
+                 SELECT id, project_id, 'message.queued', $10 FROM m
+             )
+             SELECT created_at FROM m",
+            &[
+                &id,
+                &project_id,
+                &org_id,
+                &recipient,
+                &event_type,
+                &input.body,
+                &metadata,
+                &idempotency_key,
+                &actor.request_id,
+                &queued,
+            ],
+        )
+        .await?;
+        Ok::<DateTime<Utc>, ApiError>(row.get(0))
+    };
+    let append = ledger::append(&tx, org_id, &ledger_event, actor.at);
+    let (created_at, pending) = try_join(insert, append).await?;
     tx.commit().await?;
     ledger::settle_committed(&db, org_id, pending).await;
     // Never hold a connection while the (Postgres) queue takes one.
