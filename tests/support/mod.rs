@@ -29,10 +29,45 @@ pub fn aws_endpoint() -> String {
     })
 }
 
+/// A test's private database, dropped when this is (set
+/// `LEDGERLINE_TEST_KEEP_DB=1` to keep them for a look afterwards).
 pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: deadpool_postgres::Pool,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::env::var_os("LEDGERLINE_TEST_KEEP_DB").is_some() {
+            eprintln!("kept test database {}", self.name);
+            return;
+        }
+        self.pool.close();
+        // Drop cannot await, and the test's runtime may be the one running
+        // this: a thread of its own, with its own runtime, drops the
+        // database (FORCE ends whatever connections the test left open).
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let (client, conn) =
+                    tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await?;
+                let conn = tokio::spawn(conn);
+                let r = client.batch_execute(&sql).await;
+                drop(client);
+                let _ = conn.await;
+                r
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
 }
 
 /// Replaces the database name in a `postgres://…/db?…` URL.
