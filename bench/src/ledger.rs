@@ -115,9 +115,23 @@ enum Kind {
     /// BEGIN; the plain INSERT; COMMIT: the same transaction shape without
     /// a chain, for context.
     PlainInTx,
+    /// Not the product: how fast any design that chains each event inside
+    /// its writer's own transaction could go here. One statement locks a
+    /// head row, hashes and inserts the chained event; BEGIN, it and COMMIT
+    /// go in one round trip, and the commit is not even made durable.
+    ChainCeiling,
+    /// The same, then made durable: a fourth statement in the same round
+    /// trip flushes the WAL past the commit (`ledger_settle(NULL)`).
+    ChainCeilingDurable,
 }
 
-const KINDS: [Kind; 3] = [Kind::Plain, Kind::Ledger, Kind::PlainInTx];
+const KINDS: [Kind; 5] = [
+    Kind::Plain,
+    Kind::Ledger,
+    Kind::PlainInTx,
+    Kind::ChainCeiling,
+    Kind::ChainCeilingDurable,
+];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -125,6 +139,8 @@ impl Kind {
             Kind::Plain => "plain_insert",
             Kind::Ledger => "ledger_append",
             Kind::PlainInTx => "plain_insert_in_transaction",
+            Kind::ChainCeiling => "chain_ceiling_not_durable",
+            Kind::ChainCeilingDurable => "chain_ceiling_durable",
         }
     }
 }
@@ -154,6 +170,21 @@ fn event(writer: usize, n: u64) -> NewEvent {
     }
 }
 
+/// [`Kind::ChainCeiling`]'s statement, on tables shaped like the ledger's
+/// (same keys and indexes) and the ledger's own canonical encoding.
+const CEILING_APPEND: &str = "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)),
+     old AS (SELECT h.last_seq, h.last_hash FROM bench_chain_heads h, lazy
+              WHERE h.org_id = $1 FOR UPDATE OF h),
+     ev AS (SELECT old.last_seq + 1 AS seq, old.last_hash AS prev_hash,
+                   sha256(ledger_canonical(old.last_seq + 1, old.last_hash, $1, $7, $2, $3, $4,
+                                           $5, $6)) AS hash
+              FROM old),
+     head AS (UPDATE bench_chain_heads h SET last_seq = ev.seq, last_hash = ev.hash
+                FROM ev WHERE h.org_id = $1)
+INSERT INTO bench_chain_events
+    (org_id, seq, prev_hash, hash, event_type, subject, actor, request_id, payload, recorded_at)
+SELECT $1, ev.seq, ev.prev_hash, ev.hash, $2, $3, $4, $5, $6, $7 FROM ev";
+
 /// One write of `kind`, as its own transaction(s).
 async fn write_once(
     client: &mut deadpool_postgres::Client,
@@ -180,6 +211,40 @@ async fn write_once(
             let tx = client.transaction().await?;
             tx.execute(&insert, &row).await?;
             tx.commit().await?;
+        }
+        Kind::ChainCeiling | Kind::ChainCeilingDurable => {
+            let now = Utc::now();
+            let row: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                &org,
+                &ev.event_type,
+                &ev.subject,
+                &ev.actor,
+                &ev.request_id,
+                &payload,
+                &now,
+            ];
+            let begin = client.prepare_cached("BEGIN").await?;
+            let append = client.prepare_cached(CEILING_APPEND).await?;
+            let commit = client.prepare_cached("COMMIT").await?;
+            let flush = client
+                .prepare_cached("SELECT out_seq FROM ledger_settle(NULL)")
+                .await?;
+            let durable = async {
+                if kind == Kind::ChainCeilingDurable {
+                    client.query(&flush, &[]).await?;
+                }
+                Ok(())
+            };
+            // Sent together: one round trip. If the append fails, COMMIT
+            // ends the aborted transaction and the error is reported.
+            let (_, appended, _, ()) = futures_util::future::try_join4(
+                client.execute(&begin, &[]),
+                client.execute(&append, &row),
+                client.execute(&commit, &[]),
+                durable,
+            )
+            .await?;
+            anyhow::ensure!(appended == 1, "the ceiling append found no head row");
         }
         Kind::Ledger => {
             let tx = client.transaction().await?;
@@ -256,7 +321,34 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
                  request_id  text NOT NULL,
                  payload     text NOT NULL,
                  recorded_at timestamptz NOT NULL DEFAULT now()
-             )",
+             );
+             CREATE TABLE IF NOT EXISTS bench_chain_heads (
+                 org_id    uuid PRIMARY KEY REFERENCES organizations (id),
+                 last_seq  bigint NOT NULL,
+                 last_hash bytea NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS bench_chain_events (
+                 id          bigserial PRIMARY KEY,
+                 org_id      uuid NOT NULL REFERENCES organizations (id),
+                 seq         bigint NOT NULL,
+                 prev_hash   bytea NOT NULL,
+                 hash        bytea NOT NULL,
+                 event_type  text NOT NULL,
+                 subject     text NOT NULL,
+                 actor       text NOT NULL,
+                 request_id  text NOT NULL,
+                 payload     text NOT NULL,
+                 recorded_at timestamptz NOT NULL,
+                 UNIQUE (org_id, seq)
+             );
+             CREATE INDEX IF NOT EXISTS bench_chain_events_recorded
+                 ON bench_chain_events (org_id, recorded_at);",
+        )
+        .await?;
+        c.execute(
+            "INSERT INTO bench_chain_heads (org_id, last_seq, last_hash)
+             VALUES ($1, 0, $2) ON CONFLICT (org_id) DO NOTHING",
+            &[&org, &GENESIS_PREV_HASH.as_slice()],
         )
         .await?;
     }
@@ -326,6 +418,19 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
         "the appended chain is not whole: {all} events, {sequenced} sequenced, max seq {max_seq}, {status:?}"
     );
 
+    // The ceiling's chain must be whole too, or its figure means nothing.
+    let row = c
+        .query_one(
+            "SELECT count(*), coalesce(max(seq), 0) FROM bench_chain_events WHERE org_id = $1",
+            &[&org],
+        )
+        .await?;
+    let (ceiling_all, ceiling_max): (i64, i64) = (row.get(0), row.get(1));
+    anyhow::ensure!(
+        ceiling_all == ceiling_max,
+        "the ceiling's chain has gaps: {ceiling_all} events, max seq {ceiling_max}"
+    );
+
     let figures = |t: &(u64, f64, Vec<f64>)| {
         let rate = t.0 as f64 / t.1;
         let lat = summarize(t.2.clone());
@@ -340,7 +445,7 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
     let r = ratio(rate(Kind::Ledger), rate(Kind::Plain));
     let r_tx = ratio(rate(Kind::Ledger), rate(Kind::PlainInTx));
     Ok(json!({
-        "method": "one organisation; each writer has its own connection and loops for the phase's duration; every write is durable before the next. plain_insert = one autocommitted single-row INSERT of the same row into a table without a chain (bigserial key, default time, foreign key to organizations), as a cached prepared statement. ledger_append = the product's path: BEGIN; INSERT the event (events::append); COMMIT, whose deferred trigger sequences it under the organisation's head-row lock and commits asynchronously (migrations/V6); then events::settle (ledger_settle: a synchronous commit that makes it durable) returns its seq and hash. plain_insert_in_transaction = BEGIN; the plain INSERT; COMMIT (the same transaction shape without a chain, for context). Kinds run in turn, order reversed every other round; totals over all measured phases",
+        "method": "one organisation; each writer has its own connection and loops for the phase's duration; every write is durable before the next. plain_insert = one autocommitted single-row INSERT of the same row into a table without a chain (bigserial key, default time, foreign key to organizations), as a cached prepared statement. ledger_append = the product's path: BEGIN; INSERT the event (events::append); COMMIT, whose deferred trigger sequences it under the organisation's head-row lock and commits asynchronously (migrations/V6); then events::settle (ledger_settle: a synchronous commit that makes it durable) returns its seq and hash. plain_insert_in_transaction = BEGIN; the plain INSERT; COMMIT (the same transaction shape without a chain, for context). chain_ceiling_not_durable = not the product, a bound: BEGIN; one statement that locks a head row, hashes with the ledger's canonical encoding and inserts the chained event into a table with the ledger's keys and indexes; COMMIT, all three in one round trip, asynchronously committed and never flushed (so not durable); what any design that chains each event in its writer's own transaction could at best reach here. chain_ceiling_durable = the same plus ledger_settle(NULL) in the same round trip, a synchronous commit that flushes the WAL past it (durable). Kinds run in turn, order reversed every other round; totals over all measured phases",
         "writers": s.writers,
         "rounds": rounds,
         "plain_insert": figures(&totals[Kind::Plain as usize]),
@@ -350,6 +455,10 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
         "target_met": r.as_f64().map(|x| x >= APPEND_TARGET),
         "plain_insert_in_transaction": figures(&totals[Kind::PlainInTx as usize]),
         "ledger_over_plain_in_transaction": r_tx,
+        "chain_ceiling_not_durable": figures(&totals[Kind::ChainCeiling as usize]),
+        "chain_ceiling_over_plain": ratio(rate(Kind::ChainCeiling), rate(Kind::Plain)),
+        "chain_ceiling_durable": figures(&totals[Kind::ChainCeilingDurable as usize]),
+        "chain_ceiling_durable_over_plain": ratio(rate(Kind::ChainCeilingDurable), rate(Kind::Plain)),
         "chain_after": {"events": max_seq, "verified": verified, "intact": true},
     }))
 }
