@@ -193,36 +193,30 @@ async fn write_once(
     ev: &NewEvent,
 ) -> anyhow::Result<()> {
     let payload = events::canonical_json(&ev.payload);
-    let row: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+    let now = Utc::now();
+    // The row's six columns, then its time (the ceiling's $7).
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
         &org,
         &ev.event_type,
         &ev.subject,
         &ev.actor,
         &ev.request_id,
         &payload,
+        &now,
     ];
+    let row = &params[..6];
     match kind {
         Kind::Plain => {
             let insert = client.prepare_cached(PLAIN_INSERT).await?;
-            client.execute(&insert, &row).await?;
+            client.execute(&insert, row).await?;
         }
         Kind::PlainInTx => {
             let insert = client.prepare_cached(PLAIN_INSERT).await?;
             let tx = client.transaction().await?;
-            tx.execute(&insert, &row).await?;
+            tx.execute(&insert, row).await?;
             tx.commit().await?;
         }
         Kind::ChainCeiling | Kind::ChainCeilingDurable => {
-            let now = Utc::now();
-            let row: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-                &org,
-                &ev.event_type,
-                &ev.subject,
-                &ev.actor,
-                &ev.request_id,
-                &payload,
-                &now,
-            ];
             let begin = client.prepare_cached("BEGIN").await?;
             let append = client.prepare_cached(CEILING_APPEND).await?;
             let commit = client.prepare_cached("COMMIT").await?;
@@ -239,7 +233,7 @@ async fn write_once(
             // ends the aborted transaction and the error is reported.
             let (_, appended, _, ()) = futures_util::future::try_join4(
                 client.execute(&begin, &[]),
-                client.execute(&append, &row),
+                client.execute(&append, &params),
                 client.execute(&commit, &[]),
                 durable,
             )
@@ -248,7 +242,7 @@ async fn write_once(
         }
         Kind::Ledger => {
             let tx = client.transaction().await?;
-            let pending = events::append(&tx, org, ev, Utc::now())
+            let pending = events::append(&tx, org, ev, now)
                 .await
                 .map_err(ApiError::into_anyhow)?;
             tx.commit().await?;
