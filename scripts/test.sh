@@ -59,7 +59,8 @@ start_services() {
   # Fresh cluster per run, in a directory the Postgres user owns (the repo
   # may not be readable by it).
   PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ledgerline-pg-test.XXXXXX")"
-  # TLS on, so tests can connect either way (tests/postgres_tls.rs).
+  # TLS on, so tests can connect either way (tests/adapters.rs,
+  # postgres_connections_use_tls_as_the_connection_string_asks).
   start_postgres --fast --tls "$PG_DIR" "$pg_port"
   start_moto "$moto_port"
 

@@ -61,12 +61,12 @@ pub async fn check(
         return Ok(decide(limit, end, now, None));
     }
     // rate_limit_hit (migrations/V7): the upsert, committed asynchronously.
-    let hit = client
-        .prepare_cached("SELECT hit_count FROM rate_limit_hit($1, $2, $3, $4)")
-        .await?;
-    let row = client
-        .query_opt(&hit, &[&bucket, &start, &end, &(limit as i32)])
-        .await?;
+    let row = crate::db::query_opt(
+        client,
+        "SELECT hit_count FROM rate_limit_hit($1, $2, $3, $4)",
+        &[&bucket, &start, &end, &(limit as i32)],
+    )
+    .await?;
     Ok(decide(limit, end, now, row.map(|r| r.get(0))))
 }
 
