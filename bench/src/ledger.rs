@@ -123,14 +123,22 @@ enum Kind {
     /// The same, then made durable: a fourth statement in the same round
     /// trip flushes the WAL past the commit (`ledger_settle(NULL)`).
     ChainCeilingDurable,
+    /// Not the product: the batched-sequencing design, measured. The event
+    /// is committed unsequenced (asynchronously), then in the same round
+    /// trip `bench_batch_settle` waits for its seq: the first writer to
+    /// find no batch running sequences every pending event in one
+    /// transaction whose synchronous commit makes them (and the inserts
+    /// before them) durable; the others wait for that batch.
+    BatchedSequencing,
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::Plain,
     Kind::Ledger,
     Kind::PlainInTx,
     Kind::ChainCeiling,
     Kind::ChainCeilingDurable,
+    Kind::BatchedSequencing,
 ];
 
 impl Kind {
@@ -141,6 +149,7 @@ impl Kind {
             Kind::PlainInTx => "plain_insert_in_transaction",
             Kind::ChainCeiling => "chain_ceiling_not_durable",
             Kind::ChainCeilingDurable => "chain_ceiling_durable",
+            Kind::BatchedSequencing => "batched_sequencing",
         }
     }
 }
@@ -184,6 +193,112 @@ const CEILING_APPEND: &str = "WITH lazy AS (SELECT set_config('synchronous_commi
 INSERT INTO bench_chain_events
     (org_id, seq, prev_hash, hash, event_type, subject, actor, request_id, payload, recorded_at)
 SELECT $1, ev.seq, ev.prev_hash, ev.hash, $2, $3, $4, $5, $6, $7 FROM ev";
+
+/// [`Kind::BatchedSequencing`]'s tables and functions, shaped like the
+/// ledger's (pending rows have no seq; the same keys, indexes and canonical
+/// encoding).
+const BATCHED_SETUP: &str = "
+CREATE TABLE IF NOT EXISTS bench_batch_heads (
+    org_id           uuid PRIMARY KEY REFERENCES organizations (id),
+    last_seq         bigint NOT NULL,
+    last_hash        bytea NOT NULL,
+    last_recorded_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bench_batch_events (
+    id          bigserial PRIMARY KEY,
+    org_id      uuid NOT NULL REFERENCES organizations (id),
+    seq         bigint,
+    prev_hash   bytea,
+    hash        bytea,
+    event_type  text NOT NULL,
+    subject     text NOT NULL,
+    actor       text NOT NULL,
+    request_id  text NOT NULL,
+    payload     text NOT NULL,
+    recorded_at timestamptz NOT NULL,
+    UNIQUE (org_id, seq)
+);
+CREATE INDEX IF NOT EXISTS bench_batch_events_pending
+    ON bench_batch_events (org_id, id) WHERE seq IS NULL;
+CREATE INDEX IF NOT EXISTS bench_batch_events_recorded
+    ON bench_batch_events (org_id, recorded_at) WHERE seq IS NOT NULL;
+
+-- Chains every committed pending event of the organisation, oldest first,
+-- under the head row's lock: one UPDATE for the batch, one for the head.
+CREATE OR REPLACE FUNCTION bench_batch_sequence(p_org uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    h      bench_batch_heads%ROWTYPE;
+    e      record;
+    ids    bigint[] := '{}';
+    seqs   bigint[] := '{}';
+    prevs  bytea[] := '{}';
+    hashes bytea[] := '{}';
+    ats    timestamptz[] := '{}';
+BEGIN
+    SELECT * INTO h FROM bench_batch_heads WHERE org_id = p_org FOR UPDATE;
+    FOR e IN SELECT id, event_type, subject, actor, request_id, payload, recorded_at
+               FROM bench_batch_events WHERE org_id = p_org AND seq IS NULL ORDER BY id
+    LOOP
+        h.last_recorded_at := greatest(h.last_recorded_at, e.recorded_at);
+        h.last_seq := h.last_seq + 1;
+        ids := ids || e.id;
+        seqs := seqs || h.last_seq;
+        prevs := prevs || h.last_hash;
+        ats := ats || h.last_recorded_at;
+        h.last_hash := sha256(ledger_canonical(h.last_seq, h.last_hash, p_org,
+                                               h.last_recorded_at, e.event_type, e.subject,
+                                               e.actor, e.request_id, e.payload));
+        hashes := hashes || h.last_hash;
+    END LOOP;
+    IF cardinality(ids) > 0 THEN
+        UPDATE bench_batch_events b
+           SET seq = u.seq, prev_hash = u.prev, hash = u.hash, recorded_at = u.at
+          FROM unnest(ids, seqs, prevs, hashes, ats) AS u (id, seq, prev, hash, at)
+         WHERE b.id = u.id;
+        UPDATE bench_batch_heads
+           SET last_seq = h.last_seq, last_hash = h.last_hash,
+               last_recorded_at = h.last_recorded_at
+         WHERE org_id = p_org;
+    END IF;
+END;
+$$;
+
+-- Returns event p_id's seq once a batch has sequenced it and that batch's
+-- commit is durable. A batch is named by the head's seq when it began: its
+-- leader holds that name's advisory lock from election to the end of its
+-- commit, and waiters take the same lock shared, so all of them wake at
+-- once when it ends and none holds anything the next leader needs.
+CREATE OR REPLACE FUNCTION bench_batch_settle(p_org uuid, p_id bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq  bigint;
+    v_last bigint;
+    v_name bigint;
+BEGIN
+    LOOP
+        SELECT seq INTO v_seq FROM bench_batch_events WHERE id = p_id;
+        IF v_seq IS NOT NULL THEN
+            RETURN v_seq;
+        END IF;
+        SELECT last_seq INTO v_last FROM bench_batch_heads WHERE org_id = p_org;
+        v_name := hashtextextended('bench.batch:' || p_org::text, v_last);
+        IF pg_try_advisory_xact_lock(v_name) THEN
+            PERFORM bench_batch_sequence(p_org);
+            SELECT seq INTO v_seq FROM bench_batch_events WHERE id = p_id;
+            RETURN v_seq;
+        END IF;
+        PERFORM pg_advisory_lock_shared(v_name);
+        PERFORM pg_advisory_unlock_shared(v_name);
+    END LOOP;
+END;
+$$;";
+
+/// [`Kind::BatchedSequencing`]'s insert: the pending event, committed
+/// asynchronously (the batch's synchronous commit makes it durable).
+const BATCHED_INSERT: &str = "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO bench_batch_events (org_id, event_type, subject, actor, request_id, payload, recorded_at)
+SELECT $1, $2, $3, $4, $5, $6, $7 FROM lazy";
 
 /// One write of `kind`, as its own transaction(s).
 async fn write_once(
@@ -239,6 +354,22 @@ async fn write_once(
             )
             .await?;
             anyhow::ensure!(appended == 1, "the ceiling append found no head row");
+        }
+        Kind::BatchedSequencing => {
+            let insert = client.prepare_cached(BATCHED_INSERT).await?;
+            let settle = client
+                .prepare_cached(
+                    "SELECT bench_batch_settle($1, currval('bench_batch_events_id_seq'))",
+                )
+                .await?;
+            // Sent together: one round trip, each its own transaction.
+            let (_, settled) = futures_util::future::try_join(
+                client.execute(&insert, &params),
+                client.query_one(&settle, &[&org]),
+            )
+            .await?;
+            let seq: Option<i64> = settled.get(0);
+            anyhow::ensure!(seq.is_some(), "a batched event was not sequenced");
         }
         Kind::Ledger => {
             let tx = client.transaction().await?;
@@ -345,6 +476,13 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
             &[&org, &GENESIS_PREV_HASH.as_slice()],
         )
         .await?;
+        c.batch_execute(BATCHED_SETUP).await?;
+        c.execute(
+            "INSERT INTO bench_batch_heads (org_id, last_seq, last_hash, last_recorded_at)
+             VALUES ($1, 0, $2, '-infinity') ON CONFLICT (org_id) DO NOTHING",
+            &[&org, &GENESIS_PREV_HASH.as_slice()],
+        )
+        .await?;
     }
     let mut clients = Vec::with_capacity(s.writers);
     for _ in 0..s.writers {
@@ -424,6 +562,27 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
         ceiling_all == ceiling_max,
         "the ceiling's chain has gaps: {ceiling_all} events, max seq {ceiling_max}"
     );
+    // And the batched design's: every event sequenced, gapless, and each
+    // hash recomputes from its predecessor.
+    let row = c
+        .query_one(
+            "SELECT count(*), count(seq), coalesce(max(seq), 0), count(*) FILTER (WHERE bad)
+               FROM (SELECT seq,
+                            hash IS DISTINCT FROM sha256(ledger_canonical(
+                                seq, prev_hash, org_id, recorded_at, event_type, subject,
+                                actor, request_id, payload))
+                            OR prev_hash IS DISTINCT FROM
+                                coalesce(lag(hash) OVER (ORDER BY seq), $2) AS bad
+                       FROM bench_batch_events WHERE org_id = $1) t",
+            &[&org, &GENESIS_PREV_HASH.as_slice()],
+        )
+        .await?;
+    let (b_all, b_seq, b_max, b_bad): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    anyhow::ensure!(
+        b_all == b_seq && b_seq == b_max && b_bad == 0,
+        "the batched chain is not whole: {b_all} events, {b_seq} sequenced, max seq {b_max}, {b_bad} bad links"
+    );
 
     let figures = |t: &(u64, f64, Vec<f64>)| {
         let rate = t.0 as f64 / t.1;
@@ -439,7 +598,7 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
     let r = ratio(rate(Kind::Ledger), rate(Kind::Plain));
     let r_tx = ratio(rate(Kind::Ledger), rate(Kind::PlainInTx));
     Ok(json!({
-        "method": "one organisation; each writer has its own connection and loops for the phase's duration; every write is durable before the next. plain_insert = one autocommitted single-row INSERT of the same row into a table without a chain (bigserial key, default time, foreign key to organizations), as a cached prepared statement. ledger_append = the product's path: BEGIN; INSERT the event (events::append); COMMIT, whose deferred trigger sequences it under the organisation's head-row lock and commits asynchronously (migrations/V6); then events::settle (ledger_settle: a synchronous commit that makes it durable) returns its seq and hash. plain_insert_in_transaction = BEGIN; the plain INSERT; COMMIT (the same transaction shape without a chain, for context). chain_ceiling_not_durable = not the product, a bound: BEGIN; one statement that locks a head row, hashes with the ledger's canonical encoding and inserts the chained event into a table with the ledger's keys and indexes; COMMIT, all three in one round trip, asynchronously committed and never flushed (so not durable); what any design that chains each event in its writer's own transaction could at best reach here. chain_ceiling_durable = the same plus ledger_settle(NULL) in the same round trip, a synchronous commit that flushes the WAL past it (durable). Kinds run in turn, order reversed every other round; totals over all measured phases",
+        "method": "one organisation; each writer has its own connection and loops for the phase's duration; every write is durable before the next. plain_insert = one autocommitted single-row INSERT of the same row into a table without a chain (bigserial key, default time, foreign key to organizations), as a cached prepared statement. ledger_append = the product's path: BEGIN; INSERT the event (events::append); COMMIT, whose deferred trigger sequences it under the organisation's head-row lock and commits asynchronously (migrations/V6); then events::settle (ledger_settle: a synchronous commit that makes it durable) returns its seq and hash. plain_insert_in_transaction = BEGIN; the plain INSERT; COMMIT (the same transaction shape without a chain, for context). chain_ceiling_not_durable = not the product, a bound: BEGIN; one statement that locks a head row, hashes with the ledger's canonical encoding and inserts the chained event into a table with the ledger's keys and indexes; COMMIT, all three in one round trip, asynchronously committed and never flushed (so not durable); what any design that chains each event in its writer's own transaction could at best reach here. chain_ceiling_durable = the same plus ledger_settle(NULL) in the same round trip, a synchronous commit that flushes the WAL past it (durable). batched_sequencing = not the product, the batched-sequencing design measured on tables shaped like the ledger's: the event INSERTed unsequenced and committed asynchronously, then in the same round trip bench_batch_settle waits for its seq: the first writer to find no batch running sequences every committed pending event in one transaction (one UPDATE for the batch, one for the head) whose synchronous commit makes them durable, the others wait on that batch's advisory lock (shared, released at once) and look again. Kinds run in turn, order reversed every other round; totals over all measured phases",
         "writers": s.writers,
         "rounds": rounds,
         "plain_insert": figures(&totals[Kind::Plain as usize]),
@@ -453,6 +612,8 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
         "chain_ceiling_over_plain": ratio(rate(Kind::ChainCeiling), rate(Kind::Plain)),
         "chain_ceiling_durable": figures(&totals[Kind::ChainCeilingDurable as usize]),
         "chain_ceiling_durable_over_plain": ratio(rate(Kind::ChainCeilingDurable), rate(Kind::Plain)),
+        "batched_sequencing": figures(&totals[Kind::BatchedSequencing as usize]),
+        "batched_sequencing_over_plain": ratio(rate(Kind::BatchedSequencing), rate(Kind::Plain)),
         "chain_after": {"events": max_seq, "verified": verified, "intact": true},
     }))
 }

@@ -248,6 +248,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             "ledger_append_target_met": ledger.pointer("/append/target_met").cloned().unwrap_or(Value::Null),
             "ledger_chain_ceiling_not_durable_over_plain_insert": ledger.pointer("/append/chain_ceiling_over_plain").cloned().unwrap_or(Value::Null),
             "ledger_chain_ceiling_durable_over_plain_insert": ledger.pointer("/append/chain_ceiling_durable_over_plain").cloned().unwrap_or(Value::Null),
+            "ledger_batched_sequencing_over_plain_insert": ledger.pointer("/append/batched_sequencing_over_plain").cloned().unwrap_or(Value::Null),
             "seal_over_read": ledger.pointer("/seal/seal_over_read").cloned().unwrap_or(Value::Null),
             "seal_peak_rss_mb": ledger.pointer("/seal/peak_rss_mb").cloned().unwrap_or(Value::Null),
             "seal_target_met": ledger.pointer("/seal/target_met").cloned().unwrap_or(Value::Null),
