@@ -2,9 +2,10 @@
 //! run on the same database:
 //!
 //! 1. Appends for one organisation from N concurrent writers (the product's
-//!    path: the event inserted in the business transaction, then group
-//!    sequencing after commit), against plain single-row INSERTs of the same
-//!    rows into a table without a chain. Target ≥ 0.5×.
+//!    path: the event inserted in the business transaction, sequenced by its
+//!    COMMIT, then settled), against plain single-row INSERTs of the same
+//!    rows into a table without a chain. Target ≥ 0.5×. Two bounds and the
+//!    batched-sequencing design are measured beside it (see [`Kind`]).
 //! 2. Sealing one org/day of many events (`seal_day`, what the worker runs):
 //!    time and peak RSS, against only streaming those rows' hashes out of
 //!    Postgres. Target ≤ 1.5× the read, peak RSS ≤ 64 MB.
