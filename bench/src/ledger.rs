@@ -519,71 +519,12 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
     }
     drop(clients);
 
-    // The chain the appends built must be whole: gapless and verifying.
+    // Every chain the appends built must be whole, or its figure means
+    // nothing: the product's, the ceiling's and the batched design's.
     let c = ctx.pool.get().await?;
-    let row = c
-        .query_one(
-            "SELECT count(*), count(seq), coalesce(max(seq), 0) FROM ledger_events WHERE org_id = $1",
-            &[&org],
-        )
-        .await?;
-    let (all, sequenced, max_seq): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    let mut verified = 0u64;
-    let mut chain = Vec::new();
-    let mut status = None;
-    let mut after = 0u64;
-    loop {
-        let page = events::list_events(&**c, org, after, 10_000)
-            .await
-            .map_err(ApiError::into_anyhow)?;
-        if page.is_empty() {
-            break;
-        }
-        after = page.last().map(|e| e.seq).unwrap_or(after);
-        verified += page.len() as u64;
-        chain.extend(page);
-    }
-    if let events::ChainStatus::Broken { seq, reason } = events::verify_chain(chain.iter()) {
-        status = Some(format!("broken at seq {seq}: {reason}"));
-    }
-    anyhow::ensure!(
-        all == sequenced && sequenced == max_seq && status.is_none(),
-        "the appended chain is not whole: {all} events, {sequenced} sequenced, max seq {max_seq}, {status:?}"
-    );
-
-    // The ceiling's chain must be whole too, or its figure means nothing.
-    let row = c
-        .query_one(
-            "SELECT count(*), coalesce(max(seq), 0) FROM bench_chain_events WHERE org_id = $1",
-            &[&org],
-        )
-        .await?;
-    let (ceiling_all, ceiling_max): (i64, i64) = (row.get(0), row.get(1));
-    anyhow::ensure!(
-        ceiling_all == ceiling_max,
-        "the ceiling's chain has gaps: {ceiling_all} events, max seq {ceiling_max}"
-    );
-    // And the batched design's: every event sequenced, gapless, and each
-    // hash recomputes from its predecessor.
-    let row = c
-        .query_one(
-            "SELECT count(*), count(seq), coalesce(max(seq), 0), count(*) FILTER (WHERE bad)
-               FROM (SELECT seq,
-                            hash IS DISTINCT FROM sha256(ledger_canonical(
-                                seq, prev_hash, org_id, recorded_at, event_type, subject,
-                                actor, request_id, payload))
-                            OR prev_hash IS DISTINCT FROM
-                                coalesce(lag(hash) OVER (ORDER BY seq), $2) AS bad
-                       FROM bench_batch_events WHERE org_id = $1) t",
-            &[&org, &GENESIS_PREV_HASH.as_slice()],
-        )
-        .await?;
-    let (b_all, b_seq, b_max, b_bad): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    anyhow::ensure!(
-        b_all == b_seq && b_seq == b_max && b_bad == 0,
-        "the batched chain is not whole: {b_all} events, {b_seq} sequenced, max seq {b_max}, {b_bad} bad links"
-    );
+    let events_after = whole_chain(&c, "ledger_events", org).await?;
+    whole_chain(&c, "bench_chain_events", org).await?;
+    whole_chain(&c, "bench_batch_events", org).await?;
 
     let figures = |t: &(u64, f64, Vec<f64>)| {
         let rate = t.0 as f64 / t.1;
@@ -615,8 +556,44 @@ async fn append_figures(ctx: &AppContext, s: &Settings) -> anyhow::Result<Value>
         "chain_ceiling_durable_over_plain": ratio(rate(Kind::ChainCeilingDurable), rate(Kind::Plain)),
         "batched_sequencing": figures(&totals[Kind::BatchedSequencing as usize]),
         "batched_sequencing_over_plain": ratio(rate(Kind::BatchedSequencing), rate(Kind::Plain)),
-        "chain_after": {"events": max_seq, "verified": verified, "intact": true},
+        "chain_after": {"events": events_after, "verified": events_after, "intact": true},
     }))
+}
+
+/// Checks `table`'s chain for `org` as the product checks its own: every
+/// event sequenced, seqs 1..n, each linked to its predecessor and hashing
+/// to its stored hash ([`events::ChainVerifier`]). Returns n.
+async fn whole_chain(c: &deadpool_postgres::Client, table: &str, org: Uuid) -> anyhow::Result<u64> {
+    let row = c
+        .query_one(
+            &format!("SELECT count(*), count(seq) FROM {table} WHERE org_id = $1"),
+            &[&org],
+        )
+        .await?;
+    let (all, sequenced): (i64, i64) = (row.get(0), row.get(1));
+    anyhow::ensure!(
+        all == sequenced,
+        "{table}: {} of {all} events were never sequenced",
+        all - sequenced
+    );
+    let page = format!(
+        "SELECT {} FROM {table} WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT 10000",
+        events::EVENT_COLUMNS
+    );
+    let mut verifier = events::ChainVerifier::new();
+    let mut after = 0i64;
+    loop {
+        let rows = c.query(&page, &[&org, &after]).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.get(0);
+        for row in &rows {
+            verifier.push(&events::event_from_row(row).map_err(ApiError::into_anyhow)?);
+        }
+    }
+    match verifier.finish() {
+        events::ChainStatus::Intact { events, .. } if events == all as u64 => Ok(events),
+        status => anyhow::bail!("{table}: the chain of {all} events is not whole: {status:?}"),
+    }
 }
 
 // ------------------------------------------------------------------ seal --

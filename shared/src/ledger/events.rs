@@ -236,10 +236,12 @@ fn to_hash(v: Vec<u8>) -> ApiResult<Hash> {
         .map_err(|_| ApiError::internal(anyhow::anyhow!("stored hash is not 32 bytes")))
 }
 
-const EVENT_COLUMNS: &str =
+/// The columns [`event_from_row`] reads, in its order.
+pub const EVENT_COLUMNS: &str =
     "seq, org_id, event_type, subject, actor, request_id, recorded_at, payload, prev_hash, hash";
 
-fn event_from_row(row: &tokio_postgres::Row) -> ApiResult<LedgerEvent> {
+/// A sequenced event from a row of [`EVENT_COLUMNS`].
+pub fn event_from_row(row: &tokio_postgres::Row) -> ApiResult<LedgerEvent> {
     let seq: i64 = row.get(0);
     Ok(LedgerEvent {
         seq: seq as u64,

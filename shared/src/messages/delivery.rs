@@ -315,9 +315,10 @@ pub async fn deliver_message(
 /// Delivers the messages of one queue batch: what [`deliver_message`] does
 /// for each, with the database work shared. One round trip claims them all
 /// (a statement per id, pipelined), they are sent concurrently, and one
-/// transaction (one WAL flush) records every attempt. A message the batch claim did not get (a duplicate in the
-/// batch, suspended, not due, someone else's) goes the single-message way,
-/// which says why. Results are in the order of `ids`.
+/// transaction (one WAL flush) records every attempt. A message the batch
+/// claim did not get (a duplicate in the batch, suspended, not due, someone
+/// else's) goes the single-message way, which says why. Results are in the
+/// order of `ids`.
 pub async fn deliver_batch(
     ctx: &AppContext,
     provider: &dyn Provider,
